@@ -1,0 +1,14 @@
+"""recapfast: adversarial security of image-forensics CNNs (LaplacianCNN, FGSM/LLCM, robust training).
+
+Public API (ARCHITECTURE.md):
+    model = recapfast.load_model("baseline")          # or "robust", or a .safetensors path
+    x_adv = recapfast.fgsm(model, x, y, eps)
+    x_adv = recapfast.llcm(model, x, y, eps)
+    res   = recapfast.sweep(model, x, y, eps=[1, 2, 3, 4, 5], attacks=("fgsm", "llcm"))
+"""
+from .attacks import SweepResult, fgsm, llcm, sweep
+from .model import LaplacianCNN
+from .checkpoint import load_model, save_checkpoint
+
+__version__ = "0.1.0"
+__all__ = ["LaplacianCNN", "fgsm", "llcm", "sweep", "SweepResult", "load_model", "save_checkpoint", "__version__"]

@@ -1,0 +1,3 @@
+from recapfast.cli import main
+
+main()

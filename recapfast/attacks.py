@@ -1,0 +1,167 @@
+"""FGSM, LLCM and the shared-gradient eps sweep (Zhao et al. 2018, eq. 2-4).
+
+Conventions (ARCHITECTURE.md): pixel units [0, 255]; eps in grey levels; gradients taken
+with the model in eval mode, without touching parameter gradients or BatchNorm statistics;
+adversarial images quantized to the uint8 grid by default.
+
+    FGSM: x_adv = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 255)
+    LLCM: y_min = argmin_y p(y|x) over ALL classes (paper eq. 3),
+          x_adv = clip(x - eps * sign(grad_x CE(f(x), y_min)), 0, 255)
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+
+ATTACKS = ("fgsm", "llcm")
+# +1: step up the true-label loss (FGSM); -1: step down the least-likely-class loss (LLCM).
+ATTACK_SIGN = {"fgsm": 1.0, "llcm": -1.0}
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Run with the model in eval mode (BN uses running stats, no updates), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _as_pixels(x: torch.Tensor) -> torch.Tensor:
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"x must be [B, 3, H, W], got shape {tuple(x.shape)}")
+    return x.to(torch.float32)
+
+
+def _check_labels(y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    y = torch.as_tensor(y, device=x.device).long().reshape(-1)
+    if y.numel() != x.shape[0]:
+        raise ValueError(f"y has {y.numel()} labels for a batch of {x.shape[0]} images")
+    return y
+
+
+def least_likely_class(logits: torch.Tensor) -> torch.Tensor:
+    """argmin_y p(y|x) over all classes (the true label is NOT excluded, unlike torchattacks)."""
+    return logits.argmin(dim=1)
+
+
+def input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None,
+                    attacks: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward in eval mode, one backward per attack; returns (clean logits, {attack: grad_x}).
+
+    Only the input gets a gradient: parameters are not marked, so their ``.grad`` stays untouched.
+    """
+    xf = _as_pixels(x).detach().requires_grad_(True)
+    grads: dict[str, torch.Tensor] = {}
+    with eval_mode(model), torch.enable_grad():
+        logits = model(xf)
+        for i, name in enumerate(attacks):
+            if name == "fgsm":
+                if y is None:
+                    raise ValueError("FGSM needs the true labels y")
+                target = _check_labels(y, xf)
+            elif name == "llcm":
+                target = least_likely_class(logits.detach())
+            else:
+                raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+            # Sum, not mean: the sign is the same and tiny per-image gradients do not underflow.
+            loss = F.cross_entropy(logits, target, reduction="sum")
+            (grads[name],) = torch.autograd.grad(loss, xf, retain_graph=i + 1 < len(attacks))
+    return logits.detach(), grads
+
+
+def _single(model, x, y, eps, attack, quantize):
+    _, grads = input_gradients(model, x, y, (attack,))
+    out = ops.perturb(x.detach(), grads[attack], [float(eps)], [ATTACK_SIGN[attack]], quantize)[0]
+    return out.to(torch.float32)
+
+
+def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, quantize: bool = True) -> torch.Tensor:
+    """FGSM adversarial images, float32 in [0, 255] (on the uint8 grid when ``quantize``)."""
+    return _single(model, x, y, eps, "fgsm", quantize)
+
+
+def llcm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, quantize: bool = True) -> torch.Tensor:
+    """LLCM adversarial images, float32 in [0, 255] (y is not needed; accepted for symmetry)."""
+    return _single(model, x, y, eps, "llcm", quantize)
+
+
+@dataclass
+class SweepResult:
+    """Per attack x eps predictions of one batch, from one gradient per attack.
+
+    ``predictions[attack]`` is [E, B]; ``linf``/``l2``/``mse`` are per-image perturbation
+    norms [E, B] in pixel units; ``images[attack]`` is [E, B, 3, H, W] when requested.
+    """
+
+    eps: list[float]
+    clean_logits: torch.Tensor
+    predictions: dict[str, torch.Tensor]
+    linf: dict[str, torch.Tensor]
+    l2: dict[str, torch.Tensor]
+    mse: dict[str, torch.Tensor]
+    images: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def clean_predictions(self) -> torch.Tensor:
+        return self.clean_logits.argmax(dim=1)
+
+
+def _forward_chunks(model: nn.Module, batches: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Logits of [N, 3, H, W] in forwards of at most ``chunk`` images."""
+    flat = batches.reshape(-1, *batches.shape[-3:])
+    outs = [model(flat[i:i + chunk].to(torch.float32)) for i in range(0, flat.shape[0], chunk)]
+    return torch.cat(outs) if outs else flat.new_empty((0, 2), dtype=torch.float32)
+
+
+def sweep(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    eps: Sequence[float] = (1, 2, 3, 4, 5),
+    attacks: Sequence[str] = ATTACKS,
+    quantize: bool = True,
+    return_images: bool = False,
+    max_forward_batch: int = 1024,
+) -> SweepResult:
+    """Clean + every (attack, eps) prediction for one batch.
+
+    One forward and one backward per attack give every gradient; ``recapfast.ops.perturb``
+    writes all eps at once; the adversarial forwards of all attacks and eps run batched
+    (chunks of ``max_forward_batch`` images) under ``inference_mode``.
+    """
+    eps = [float(e) for e in eps]
+    attacks = tuple(attacks)
+    for name in attacks:
+        if name not in ATTACK_SIGN:
+            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    x = x.detach()
+    clean_logits, grads = input_gradients(model, x, y, attacks)
+    xf = x.to(torch.float32)
+    adv = {name: ops.perturb(x, grads[name], eps, [ATTACK_SIGN[name]] * len(eps), quantize) for name in attacks}
+    n_eps, batch = len(eps), x.shape[0]
+    with eval_mode(model), torch.inference_mode():
+        if attacks and n_eps and batch:
+            stacked = torch.cat([adv[name] for name in attacks]) if len(attacks) > 1 else adv[attacks[0]]
+            logits = _forward_chunks(model, stacked, max_forward_batch).reshape(len(attacks), n_eps, batch, -1)
+        else:
+            logits = torch.empty((len(attacks), n_eps, batch, 2), device=x.device)
+        predictions, linf, l2, mse = {}, {}, {}, {}
+        for i, name in enumerate(attacks):
+            predictions[name] = logits[i].argmax(dim=-1)
+            delta = (adv[name].to(torch.float32) - xf.unsqueeze(0)).reshape(n_eps, batch, xf[0].numel() if batch else 0)
+            linf[name] = delta.abs().amax(dim=-1) if delta.shape[-1] else delta.new_zeros((n_eps, batch))
+            sq = delta.square().sum(dim=-1)
+            l2[name] = sq.sqrt()
+            mse[name] = sq / max(delta.shape[-1], 1)
+    images = {name: adv[name] for name in attacks} if return_images else {}
+    return SweepResult(eps, clean_logits, predictions, linf, l2, mse, images)

@@ -1,0 +1,75 @@
+"""Shared fixtures: a small trained-free model, a synthetic labelled folder, and hostile files."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import recapfast as rf
+
+# Tests never build the extension unless they ask for it (test_ops.py does).
+os.environ.setdefault("RECAPFAST_BACKEND", "torch")
+
+
+def make_model(seed: int = 0, widths=(4, 8, 8, 16, 16), num_classes: int = 2) -> rf.LaplacianCNN:
+    """An untrained but 'warmed' model: BN running stats set from random data so eval mode is sane."""
+    torch.manual_seed(seed)
+    model = rf.LaplacianCNN(widths=widths, num_classes=num_classes)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8).float())
+    return model.eval()
+
+
+@pytest.fixture
+def small_model() -> rf.LaplacianCNN:
+    return make_model()
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (12,), generator=g)
+    return x, y
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A small synthetic labelled folder (64 x 64), made once per session."""
+    from recapfast.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synthesize(root, size=64, count=24, seed=77, workers=1)
+    return root
+
+
+def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path)
+    return path
+
+
+@pytest.fixture
+def hostile_dir(tmp_path, synth_dir) -> Path:
+    """A labelled folder with good files plus: corrupt PNG, text named .png, grey PNG, RGBA PNG, odd JPEG."""
+    import shutil
+
+    root = tmp_path / "hostile"
+    shutil.copytree(synth_dir, root, ignore=shutil.ignore_patterns("manifest.json"))
+    rng = np.random.default_rng(5)
+    good = sorted((root / "original").glob("*.png"))[0].read_bytes()
+    (root / "original" / "corrupt.png").write_bytes(good[: len(good) // 2])
+    (root / "recaptured" / "notes.png").write_text("this is a text file, not an image\n")
+    save_png(root / "original" / "grey.png", rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    save_png(root / "recaptured" / "rgba.png", rng.integers(0, 256, (70, 66, 4), dtype=np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (75, 99, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+    (root / "original" / "odd.JPG").write_bytes(buf.getvalue())
+    return root
