@@ -1,0 +1,210 @@
+"""The evaluation engine: stream a labelled folder, sweep attacks x eps, accumulate on device.
+
+Counters live on the model's device and are read back once at the end (no per-batch host
+sync).  The unit of evaluation is the patch (one per file with center crop, several with
+``tile``); every patch carries its file's label.
+
+Metrics per (attack, eps):
+- adversarial accuracy: correct adversarial predictions / patches;
+- attack success rate: patches correct when clean and wrong under attack / patches correct when clean;
+- mean L-inf and L2 of the perturbation (pixel units), mean PSNR in dB over patches whose
+  perturbation is not all zero (an untouched patch has infinite PSNR and is counted in ``unchanged``).
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .attacks import ATTACKS, sweep
+from .data import CLASS_NAMES, Batch, PatchDataset, discover, make_loader
+
+
+@dataclass
+class AttackCell:
+    attack: str
+    eps: float
+    accuracy: float
+    success_rate: float
+    correct: int
+    flipped: int
+    accuracy_per_class: list[float]
+    mean_linf: float
+    mean_l2: float
+    mean_psnr: float
+    unchanged: int
+
+
+@dataclass
+class EvalResult:
+    """Clean and adversarial accuracy of one model on one data set."""
+
+    model: str
+    eps: list[float]
+    attacks: list[str]
+    patch_size: int
+    files: int
+    patches: int
+    patches_per_class: list[int]
+    clean_correct: int
+    clean_accuracy: float
+    clean_accuracy_per_class: list[float]
+    cells: list[AttackCell]
+    errors: list[dict] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+    quantized: bool = True
+    class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+
+    @property
+    def images_per_second(self) -> float:
+        return self.patches / self.seconds if self.seconds > 0 else float("nan")
+
+    def cell(self, attack: str, eps: float) -> AttackCell:
+        for c in self.cells:
+            if c.attack == attack and c.eps == float(eps):
+                return c
+        raise KeyError(f"no result for attack {attack!r} at eps {eps}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["images_per_second"] = self.images_per_second
+        return d
+
+    def to_json(self) -> str:
+        from .report import result_json
+
+        return result_json(self)
+
+    def to_markdown(self) -> str:
+        from .report import result_markdown
+
+        return result_markdown(self)
+
+    def to_csv(self) -> str:
+        from .report import result_csv
+
+        return result_csv(self)
+
+
+class Evaluator:
+    """Accumulates sweep results batch by batch; ``result()`` reads the counters back once."""
+
+    def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
+                 attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2):
+        self.model = model
+        self.eps = [float(e) for e in eps]
+        self.attacks = list(attacks)
+        self.quantize = quantize
+        device = next(model.parameters()).device
+        a, e = len(self.attacks), len(self.eps)
+        z = lambda *shape, dtype=torch.long: torch.zeros(shape, dtype=dtype, device=device)  # noqa: E731
+        self.device = device
+        self.per_class = z(num_classes)
+        self.clean_correct = z(num_classes)
+        self.adv_correct = z(a, e, num_classes)
+        self.flipped = z(a, e)
+        self.linf_sum = z(a, e, dtype=torch.float64)
+        self.l2_sum = z(a, e, dtype=torch.float64)
+        self.psnr_sum = z(a, e, dtype=torch.float64)
+        self.psnr_count = z(a, e)
+        self.patch_size = 0
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.shape[0] == 0:
+            return
+        self.patch_size = int(x.shape[-1])
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        res = sweep(self.model, x, y, self.eps, self.attacks, quantize=self.quantize)
+        onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
+        self.per_class += onehot.sum(0)
+        clean_ok = res.clean_predictions == y
+        self.clean_correct += (onehot * clean_ok.unsqueeze(1)).sum(0)
+        for i, name in enumerate(self.attacks):
+            adv_ok = res.predictions[name] == y.unsqueeze(0)                      # [E, B]
+            self.adv_correct[i] += (adv_ok.unsqueeze(-1) * onehot.unsqueeze(0)).sum(1)
+            self.flipped[i] += (clean_ok.unsqueeze(0) & ~adv_ok).sum(1)
+            self.linf_sum[i] += res.linf[name].double().sum(1)
+            self.l2_sum[i] += res.l2[name].double().sum(1)
+            mse = res.mse[name].double()
+            changed = mse > 0
+            psnr = 10.0 * torch.log10((255.0 ** 2) / mse.clamp_min(1e-30))
+            self.psnr_sum[i] += torch.where(changed, psnr, torch.zeros_like(psnr)).sum(1)
+            self.psnr_count[i] += changed.sum(1)
+
+    def result(self, model_name: str = "", files: int = 0, errors=(), notes=(), seconds: float = 0.0) -> EvalResult:
+        per_class = self.per_class.cpu().tolist()
+        clean = self.clean_correct.cpu().tolist()
+        adv = self.adv_correct.cpu().tolist()
+        flipped = self.flipped.cpu().tolist()
+        linf, l2 = self.linf_sum.cpu().tolist(), self.l2_sum.cpu().tolist()
+        psnr, psnr_n = self.psnr_sum.cpu().tolist(), self.psnr_count.cpu().tolist()
+        total, clean_total = sum(per_class), sum(clean)
+        ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
+        cells = []
+        for i, name in enumerate(self.attacks):
+            for j, e in enumerate(self.eps):
+                correct = sum(adv[i][j])
+                cells.append(AttackCell(
+                    attack=name, eps=e, accuracy=ratio(correct, total),
+                    success_rate=ratio(flipped[i][j], clean_total), correct=correct, flipped=flipped[i][j],
+                    accuracy_per_class=[ratio(c, n) for c, n in zip(adv[i][j], per_class)],
+                    mean_linf=ratio(linf[i][j], total), mean_l2=ratio(l2[i][j], total),
+                    mean_psnr=ratio(psnr[i][j], psnr_n[i][j]), unchanged=total - psnr_n[i][j]))
+        return EvalResult(
+            model=model_name, eps=self.eps, attacks=self.attacks, patch_size=self.patch_size, files=files,
+            patches=total, patches_per_class=per_class, clean_correct=clean_total,
+            clean_accuracy=ratio(clean_total, total),
+            clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
+            cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize)
+
+
+def report_error(path: str, reason: str, stream=None) -> None:
+    print(f"recapfast: skipped {path}: {reason}", file=stream or sys.stderr)
+
+
+def evaluate_folder(
+    model: nn.Module,
+    root,
+    eps: Sequence[float] = (1, 2, 3, 4, 5),
+    attacks: Sequence[str] = ATTACKS,
+    size: int = 64,
+    tile: bool = False,
+    batch_size: int = 64,
+    workers: int = 0,
+    quantize: bool = True,
+    model_name: str = "",
+    class_names: Sequence[str] = CLASS_NAMES,
+    progress: Callable[[int], None] | None = None,
+    on_error: Callable[[str, str], None] | None = report_error,
+    samples=None,
+) -> EvalResult:
+    """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files."""
+    samples = discover(root, class_names) if samples is None else samples
+    dataset = PatchDataset(samples, size, tile)
+    device = next(model.parameters()).device
+    loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
+    evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names))
+    evaluator.patch_size = size
+    errors, notes, files = [], [], 0
+    start = time.perf_counter()
+    batch: Batch
+    for batch in loader:
+        for index, reason in batch.errors:
+            errors.append({"path": samples[index].path, "error": reason})
+            if on_error is not None:
+                on_error(samples[index].path, reason)
+        notes.extend({"path": samples[i].path, "notes": n} for i, n in batch.notes)
+        files += len(batch.files)
+        evaluator.update(batch.x, batch.y)
+        if progress is not None:
+            progress(len(batch.files) + len(batch.errors))
+    result = evaluator.result(model_name, files, errors, notes)
+    result.seconds = time.perf_counter() - start
+    result.class_names = list(class_names)
+    return result
