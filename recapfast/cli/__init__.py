@@ -1,0 +1,17 @@
+"""The `recapfast` command line: one Typer app, one module per command."""
+from __future__ import annotations
+
+from ._app import app
+from . import attack, demo, evaluate, synth, train  # noqa: F401,E402 - registers the commands
+
+try:  # the C++ core's `doctor` command
+    from . import doctor  # noqa: F401
+except ImportError:  # pragma: no cover - only while the module is absent
+    pass
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

@@ -1,0 +1,155 @@
+"""The one Typer app, the exit-code policy and the option aliases every command shares.
+
+Exit codes: 0 success; 1 user error (one line naming the bad argument or file); 2 internal error.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from ..errors import UserError
+
+# Typer >= 0.2x vendors click (its exceptions derive from typer.TyperException); older ones use click.
+_USAGE_ERRORS: tuple = tuple(t for t in (getattr(typer, "TyperException", None),) if t is not None)
+try:
+    import click as _click_mod
+
+    _USAGE_ERRORS += (_click_mod.ClickException,)
+    _ABORTS: tuple = (typer.Abort, _click_mod.Abort)
+except ImportError:
+    _ABORTS = (typer.Abort,)
+
+
+class _Group(TyperGroup):
+    """Runs commands non-standalone so every failure maps onto recapfast's exit codes."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _USAGE_ERRORS as err:  # usage errors: bad option, missing argument, bad path
+            ctx = getattr(err, "ctx", None)
+            where = f"{ctx.command_path}: " if ctx is not None else ""
+            print(f"recapfast: error: {where}{err.format_message()}", file=sys.stderr)
+            sys.exit(1)
+        except _ABORTS:
+            print("recapfast: aborted", file=sys.stderr)
+            sys.exit(1)
+        except (UserError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+            print(f"recapfast: error: {err}", file=sys.stderr)
+            sys.exit(1)
+        except Exception as err:  # noqa: BLE001 - the last resort: report, exit 2
+            traceback.print_exc(file=sys.stderr)
+            print(f"recapfast: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+            sys.exit(2)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="recapfast",
+    help="Adversarial security of recaptured-image forensics CNNs: evaluate, attack, train, screen.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    backend: Annotated[Optional[str], typer.Option(
+        "--backend", help="Op backend: auto (extension if it builds, else PyTorch), ext, torch. "
+                          "Default: $RECAPFAST_BACKEND or auto.")] = None,
+) -> None:
+    """recapfast command line."""
+    if backend is not None:
+        from .. import ops
+
+        try:
+            ops.set_backend(backend)
+        except ValueError as err:
+            raise typer.BadParameter(str(err), param_hint="--backend") from err
+
+
+# Option aliases shared by the commands.
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Files per batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader decode processes (0: in-process).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust) or a .safetensors path.")]
+SizeOpt = Annotated[int, typer.Option("--size", min=1, help="Patch size in pixels (center crop, or tiles with --tile).")]
+TileOpt = Annotated[bool, typer.Option("--tile", help="Use every non-overlapping patch instead of the center crop.")]
+QuantizeOpt = Annotated[bool, typer.Option("--quantize/--no-quantize", help="Round adversarial images to uint8 (default).")]
+ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, dir_okay=True, readable=True,
+                                             help="Folder of images (original/ and recaptured/ inside).")]
+
+
+def resolve_device(name: str):
+    import torch
+
+    name = name.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise typer.BadParameter(f"{name!r} is not a device ({err})", param_hint="--device") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter("cuda requested but torch sees no GPU", param_hint="--device")
+    return device
+
+
+def parse_floats(text: str, option: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from err
+    if not values or any(v < 0 for v in values):
+        raise typer.BadParameter(f"{text!r}: give one or more non-negative numbers", param_hint=option)
+    return values
+
+
+def parse_attacks(text: str, allowed) -> list[str]:
+    names = [v.strip().lower() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in allowed]
+    if bad or not names:
+        raise typer.BadParameter(f"unknown attack(s) {', '.join(bad) or text!r}; choose from {', '.join(allowed)}",
+                                 param_hint="--attack")
+    return list(dict.fromkeys(names))
+
+
+def check_new_file(path: Optional[Path], force: bool, option: str) -> None:
+    if path is not None and path.exists() and not force:
+        raise typer.BadParameter(f"{path} exists (use --force to overwrite)", param_hint=option)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def stderr_console(quiet: bool):
+    from rich.console import Console
+
+    return Console(stderr=True, quiet=quiet)
+
+
+def progress_bar(console, total: int | None, description: str):
+    """A rich progress bar on stderr; use as a context manager, call the returned advance(n)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True, disable=console.quiet)
+    task = progress.add_task(description, total=total)
+    return progress, (lambda n=1: progress.advance(task, n))

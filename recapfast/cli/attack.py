@@ -1,0 +1,53 @@
+"""recapfast attack DIR --out OUT: write adversarial uint8 PNGs mirroring DIR's tree, plus a manifest."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
+                   app, parse_attacks, parse_floats, progress_bar, resolve_device, stderr_console)
+
+
+@app.command("attack")
+def attack_command(
+    data: ExistingDir,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force).")],
+    attack: Annotated[str, typer.Option("--attack", help="fgsm or llcm.")] = "fgsm",
+    eps: Annotated[str, typer.Option("--eps", help="eps in grey levels.")] = "2",
+    model: ModelOpt = "baseline",
+    size: SizeOpt = 64,
+    tile: TileOpt = False,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 64,
+    workers: WorkersOpt = 0,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Make adversarial images; evaluating OUT clean reproduces `eval`'s number for this attack and eps."""
+    from ..attacks import ATTACKS
+    from ..checkpoint import load_model
+    from ..data import discover
+    from ..export import export_adversarial
+
+    attacks = parse_attacks(attack, ATTACKS)
+    eps_values = parse_floats(eps, "--eps")
+    if len(attacks) != 1 or len(eps_values) != 1:
+        raise typer.BadParameter("attack writes one attack at one eps per run", param_hint="--attack/--eps")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise typer.BadParameter(f"{out} exists and is not empty (use --force to write into it)", param_hint="--out")
+    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
+        raise typer.BadParameter(f"{out} is inside the input folder {data}", param_hint="--out")
+    console = stderr_console(quiet)
+    net = load_model(model, resolve_device(device))
+    total = sum(1 for _ in discover(data, labelled=any((data / c).is_dir() for c in ("original", "recaptured"))))
+    bar, advance = progress_bar(console, total, f"{attacks[0]} eps {eps_values[0]:g}")
+    with bar:
+        result = export_adversarial(net, data, out, attacks[0], eps_values[0], size=size, tile=tile,
+                                    batch_size=batch_size, workers=workers, model_name=model, progress=advance,
+                                    on_error=None if quiet else (lambda p, r: console.print(
+                                        f"skipped {p}: {r}", markup=False, highlight=False)))
+    acc = "" if result.labelled == 0 else f"; adversarial accuracy {100 * result.accuracy:.1f}%"
+    typer.echo(f"{attacks[0].upper()} eps {eps_values[0]:g}: wrote {result.patches} PNGs for {result.files} files "
+               f"to {out} ({len(result.errors)} skipped){acc}; manifest {out / 'manifest.json'}")

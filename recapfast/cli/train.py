@@ -1,0 +1,63 @@
+"""recapfast train DIR --out CKPT: train the baseline (Yang) or the robust (Zhao et al.) detector."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import DeviceOpt, ForceOpt, QuietOpt, SeedOpt, WorkersOpt, app, progress_bar, resolve_device, \
+    stderr_console
+
+
+@app.command("train")
+def train_command(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Labelled training folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors; + .json).")],
+    robust: Annotated[bool, typer.Option("--robust", help="Gradient-norm penalty + FGSM batch mixing (eq. 5-7).")] = False,
+    iters: Annotated[int, typer.Option("--iters", min=0, help="Training iterations.")] = 100_000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Mini-batch size m.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-4,
+    lr_step: Annotated[int, typer.Option("--lr-step", min=1, help="Decay the lr by --lr-decay every N iterations.")] = 10_000,
+    lr_decay: Annotated[float, typer.Option("--lr-decay", help="Learning-rate decay factor.")] = 0.9,
+    penalty: Annotated[float, typer.Option("--penalty", help="lambda: weight of ||grad_x J||_2 (robust).")] = 0.1,
+    adv_count: Annotated[int, typer.Option("--adv-count", help="k: FGSM images per batch (robust).")] = 32,
+    adv_weight: Annotated[float, typer.Option("--adv-weight", help="alpha: weight of the FGSM images' loss.")] = 0.2,
+    val: Annotated[Optional[Path], typer.Option("--val", exists=True, file_okay=False,
+                                                help="Validation folder (default: hold out 10% of DATA).")] = None,
+    val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
+    size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
+    widths: Annotated[str, typer.Option("--widths", help="Five comma-separated conv widths.")] = "8,16,32,64,128",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
+    force: ForceOpt = False,
+    device: DeviceOpt = "auto",
+    workers: WorkersOpt = 0,
+    seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train LaplacianCNN; keeps the best checkpoint by validation (clean + FGSM eps 2 accuracy)."""
+    from ..train import TrainConfig, resume_path, train
+
+    try:
+        width_values = tuple(int(w) for w in widths.split(","))
+    except ValueError as err:
+        raise typer.BadParameter(f"{widths!r} is not five comma-separated integers", param_hint="--widths") from err
+    if len(width_values) != 5 or min(width_values) < 1:
+        raise typer.BadParameter(f"{widths!r}: give five positive integers", param_hint="--widths")
+    if force and not resume:
+        for path in (out, out.with_suffix(".json"), resume_path(out)):
+            path.unlink(missing_ok=True)
+    config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
+                         robust=robust, penalty=penalty, adv_count=adv_count, adv_weight=adv_weight,
+                         val_every=val_every, size=size, seed=seed, widths=width_values)
+    console = stderr_console(quiet)
+    bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
+    log = (lambda msg: console.print(msg, markup=False, highlight=False))
+    with bar:
+        result = train(data, out, config, val_dir=val, device=resolve_device(device), workers=workers,
+                       resume=resume, log=log, progress=advance)
+    best = result.best
+    typer.echo(f"{out}: {result.iterations} iterations in {result.seconds:.1f} s; best validation "
+               f"clean {100 * best.get('clean_accuracy', float('nan')):.1f}%, "
+               f"FGSM eps 2 {100 * best.get('fgsm_eps2_accuracy', float('nan')):.1f}% "
+               f"(iteration {best.get('iteration')})")
