@@ -1,0 +1,182 @@
+"""recapfast ops: the public op wrappers and backend choice.
+
+Every op has a pure-PyTorch reference (``reference.py``).  The C++/CUDA extension
+(``csrc/``) registers the same ops as ``torch.ops.recapfast.<op>``; this module picks
+the backend from ``RECAPFAST_BACKEND`` (auto|ext|torch) or :func:`set_backend`:
+
+- ``auto``: use the extension when it builds/loads, else the reference, saying why once on stderr;
+- ``ext``: the extension or a RuntimeError carrying the full build log;
+- ``torch``: always the reference; nothing is compiled.
+
+The extension is built lazily, on the first op call (or :func:`active_backend`), never at import.
+Build/cache details and environment variables: ``recapfast/ops/_build.py``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+
+from . import _build
+from .reference import laplace_conv_reference, laplacian, perturb_reference
+
+_VALID = ("auto", "ext", "torch")
+_requested: str | None = None
+
+
+def requested_backend() -> str:
+    name = (_requested or os.environ.get("RECAPFAST_BACKEND", "auto")).strip().lower()
+    if name not in _VALID:
+        raise ValueError(f"RECAPFAST_BACKEND must be one of {', '.join(_VALID)}, got {name!r}")
+    return name
+
+
+def set_backend(name: str | None) -> None:
+    """Choose the op backend for this process: 'auto', 'ext', 'torch' (None: from the environment)."""
+    global _requested
+    if name is not None and name.strip().lower() not in _VALID:
+        raise ValueError(f"backend must be one of {', '.join(_VALID)}, got {name!r}")
+    _requested = None if name is None else name.strip().lower()
+
+
+def _ensure_extension() -> _build.BuildState:
+    state = _build.load()
+    if state.loaded and not state.registered:
+        from . import _register
+        _register.register()
+        state.registered = True
+    return state
+
+
+def _build_error(state: _build.BuildState) -> RuntimeError:
+    where = f"\n(build log: {state.log_path})" if state.log_path else ""
+    return RuntimeError(f"RECAPFAST_BACKEND=ext but the recapfast C++ extension is unavailable: {state.error}"
+                        f"{where}\n--- build log ---\n{state.log}")
+
+
+def active_backend() -> str:
+    """'ext' or 'torch': the backend the ops dispatch to now (builds the extension on first use)."""
+    requested = requested_backend()
+    if requested == "torch":
+        return "torch"
+    state = _ensure_extension()
+    if state.loaded:
+        return "ext"
+    if requested == "ext":
+        _build.say("")
+        raise _build_error(state)
+    if not state.fallback_reported:
+        state.fallback_reported = True
+        where = f" (build log: {state.log_path})" if state.log_path else ""
+        _build.say(f"C++ extension unavailable ({state.error}); using the PyTorch reference ops{where}. "
+                   "Set RECAPFAST_BACKEND=torch to skip the build, or run `recapfast doctor`.")
+    return "torch"
+
+
+def _ext_serves(x: torch.Tensor) -> bool:
+    """Whether the extension has kernels for this tensor's device (CPU always; CUDA when compiled in)."""
+    if active_backend() != "ext":
+        return False
+    if x.device.type == "cpu" or (x.device.type == "cuda" and _build.STATE.with_cuda):
+        return True
+    if requested_backend() == "ext":
+        raise RuntimeError(f"RECAPFAST_BACKEND=ext but the recapfast extension has no kernels for {x.device.type} "
+                           "tensors (it was built without CUDA); use RECAPFAST_BACKEND=auto or torch")
+    return False
+
+
+def perturb(x: torch.Tensor, grad: torch.Tensor, eps: Sequence[float], signs: Sequence[float],
+            quantize: bool = True) -> torch.Tensor:
+    """[len(eps), *x.shape] adversarial batches; see :func:`reference.perturb_reference`.
+
+    One pass over ``x`` (uint8 or float32) and ``grad`` for all eps: out[e] =
+    clip(x + signs[e]*eps[e]*sign(grad), 0, 255), uint8 (rounded half to even) when ``quantize``.
+    Not differentiable (its inputs are detached).
+    """
+    if len(eps) != len(signs):
+        raise ValueError(f"eps and signs must have the same length, got {len(eps)} and {len(signs)}")
+    if (x.dtype in (torch.uint8, torch.float32) and grad.is_floating_point() and grad.shape == x.shape
+            and grad.device == x.device and _ext_serves(x)):
+        return torch.ops.recapfast.perturb(x.detach(), grad.detach(), [float(e) for e in eps],
+                                           [float(s) for s in signs], bool(quantize))
+    return perturb_reference(x, grad, eps, signs, quantize)
+
+
+def laplace_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Fixed per-channel Laplacian then the first 3x3 convolution (differentiable to any order).
+
+    x: [B, C, H, W] uint8/float32/float64; weight [Cout, C, 3, 3]; result float32 (float64 for float64 x).
+    """
+    if (x.dim() == 4 and x.dtype in (torch.uint8, torch.float32, torch.float64) and weight.dim() == 4
+            and tuple(weight.shape[2:]) == (3, 3) and weight.device == x.device and _ext_serves(x)):
+        return torch.ops.recapfast.laplace_conv(x, weight, bias)
+    return laplace_conv_reference(x, weight, bias)
+
+
+def doctor_info(build: bool = True) -> dict:
+    """Everything `recapfast doctor` prints: versions, toolchain, requested/active backend and why.
+
+    With ``build=False`` nothing is compiled; the active backend is then reported as far as known.
+    """
+    import shutil
+    import subprocess
+
+    from torch.utils.cpp_extension import CUDA_HOME, is_ninja_available
+
+    def tool_version(cmd: list[str]) -> str | None:
+        if shutil.which(cmd[0]) is None:
+            return None
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        lines = [ln for ln in out.splitlines() if ln.strip()]
+        return (lines[-1] if cmd[0].endswith("nvcc") else lines[0]).strip() if lines else None
+
+    cxx = os.environ.get("CXX", "c++")
+    nvcc = os.path.join(CUDA_HOME, "bin", "nvcc") if CUDA_HOME else (shutil.which("nvcc") or "nvcc")
+    info: dict = {
+        **_build.platform_summary(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [],
+        "compiler": tool_version([cxx.split()[0], "--version"]),
+        "ninja": bool(is_ninja_available()),
+        "nvcc": tool_version([nvcc, "--version"]),
+        "cuda_home": CUDA_HOME,
+        "sources": str(_build.source_dir()),
+        "cache_dir": str(_build.cache_root()),
+        "max_jobs": os.environ.get("MAX_JOBS", "2 (default)"),
+    }
+    try:
+        requested = requested_backend()
+    except ValueError as exc:
+        info.update(requested_backend=None, active_backend=None, reason=str(exc))
+        return info
+    info["requested_backend"] = requested
+    state = _build.STATE
+    if requested == "torch":
+        active, reason = "torch", "RECAPFAST_BACKEND=torch: the extension is never built"
+    elif not build and not state.attempted:
+        active, reason = None, "not determined (build skipped)"
+    else:
+        try:
+            active = active_backend()
+        except RuntimeError:
+            active = None
+        state = _build.STATE
+        if state.loaded:
+            how = f"compiled now in {state.seconds:.1f}s" if state.compiled_now else "loaded from the build cache"
+            reason = f"extension {state.name} {how}"
+        else:
+            reason = f"extension unavailable: {state.error}"
+    info.update(active_backend=active, reason=reason, extension_with_cuda=state.with_cuda if state.loaded else None,
+                build_dir=state.build_dir or None, build_log=state.log_path or None)
+    return info
+
+
+__all__ = ["perturb", "laplace_conv", "laplacian", "set_backend", "active_backend", "requested_backend",
+           "perturb_reference", "laplace_conv_reference", "doctor_info"]
