@@ -51,7 +51,7 @@ Recaptured:
        black matrix (horizontal gap U(0.04, 0.14), vertical gap U(0.05, 0.3) of the pixel pitch);
     3. the recapturing camera, focused on the display plane, sees it at s = U(1.2, 3.0) display px
        per sensor px, rotated by t = U(-8, 8) degrees, shifted by a random sub-pixel offset.  Its
-       point spread on the screen, sigma U(0.06, 0.2) display px, attenuates the sub-pixel grid
+       point spread on the screen, sigma U(0.03, 0.12) display px, attenuates the sub-pixel grid
        analytically (Fourier series of the stripe/black-matrix masks, 5 harmonics); the pixel
        aperture (fill factor above) is integrated with 3x3 samples.  Aliasing of the grid gives moire;
        the sub-pixel stripes produce colour fringes; content is seen through two blurs, two noise
@@ -77,7 +77,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-GENERATOR_VERSION = "recapfast.synth/1"
+GENERATOR_VERSION = "recapfast.synth/2"
 CLASS_DIRS = ("original", "recaptured")
 
 _F32 = np.float32
@@ -350,7 +350,7 @@ def _draw_display(rng: np.random.Generator) -> dict:
         "bgr": bool(rng.random() < 0.5),
         "gap_h": _f(rng.uniform(0.04, 0.14)),
         "gap_v": _f(rng.uniform(0.05, 0.3)),
-        "focus_sigma": _f(rng.uniform(0.06, 0.2)),
+        "focus_sigma": _f(rng.uniform(0.03, 0.12)),
     }
 
 
