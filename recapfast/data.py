@@ -111,24 +111,34 @@ def _to_uint8(arr: np.ndarray, notes: list[str]) -> np.ndarray:
     return np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
 
 
-def decode(path: str | os.PathLike, max_pixels: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """RGB uint8 array [H, W, 3] and the list of conversions applied.  Raises DecodeError."""
+def decode(path: str | os.PathLike, max_pixels: int | None = None,
+           content: bytes | None = None) -> tuple[np.ndarray, list[str]]:
+    """RGB uint8 array [H, W, 3] and the list of conversions applied.  Raises DecodeError.
+
+    ``content``: the file's bytes when the caller has read them already (screening hashes and
+    decodes one read, so a file cannot change between the two); ``path`` then only names it.
+    """
+    import io
+
     from PIL import Image, ImageOps
 
     notes: list[str] = []
     path = os.fspath(path)
     try:
-        if os.path.getsize(path) == 0:
+        if (len(content) if content is not None else os.path.getsize(path)) == 0:
             raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(io.BytesIO(content) if content is not None else path) as im:
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     notes.append(f"first of {frames} frames")
                 if max_pixels is not None and im.width * im.height > max_pixels:
                     raise DecodeError(f"{im.width}x{im.height} exceeds the pixel limit of {max_pixels}")
                 im.load()
+                orientation = im.getexif().get(0x0112, 1)
+                if orientation not in (None, 1):
+                    notes.append(f"EXIF orientation {orientation} applied")
                 im = ImageOps.exif_transpose(im)
                 mode = im.mode
                 if mode == "P":

@@ -20,7 +20,10 @@ def train_command(
     lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-4,
     lr_step: Annotated[int, typer.Option("--lr-step", min=1, help="Decay the lr by --lr-decay every N iterations.")] = 10_000,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Learning-rate decay factor.")] = 0.9,
-    penalty: Annotated[float, typer.Option("--penalty", help="lambda: weight of ||grad_x J||_2 (robust).")] = 0.1,
+    penalty: Annotated[float, typer.Option("--penalty", help="lambda: weight of ||grad_x J||_2 (robust).")] = 10.0,
+    penalty_mode: Annotated[str, typer.Option(
+        "--penalty-mode", help="exact: double backprop (eq. 5); fd: finite-difference variant, about half "
+                               "the cost (Finlay & Oberman 2019; see bench/NOTES.md).")] = "exact",
     adv_count: Annotated[int, typer.Option("--adv-count", help="k: FGSM images per batch (robust).")] = 32,
     adv_weight: Annotated[float, typer.Option("--adv-weight", help="alpha: weight of the FGSM images' loss.")] = 0.2,
     val: Annotated[Optional[Path], typer.Option("--val", exists=True, file_okay=False,
@@ -44,18 +47,27 @@ def train_command(
         raise typer.BadParameter(f"{widths!r} is not five comma-separated integers", param_hint="--widths") from err
     if len(width_values) != 5 or min(width_values) < 1:
         raise typer.BadParameter(f"{widths!r}: give five positive integers", param_hint="--widths")
-    if force and not resume:
+    from .. import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
+
+    dist_info = distributed.init(resolve_device(device))
+    quiet = quiet or not dist_info.is_main
+    if force and not resume and dist_info.is_main:
         for path in (out, out.with_suffix(".json"), resume_path(out)):
             path.unlink(missing_ok=True)
+    distributed.barrier()
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
-                         robust=robust, penalty=penalty, adv_count=adv_count, adv_weight=adv_weight,
+                         robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
                          val_every=val_every, size=size, seed=seed, widths=width_values)
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     with bar:
-        result = train(data, out, config, val_dir=val, device=resolve_device(device), workers=workers,
+        result = train(data, out, config, val_dir=val,
+                       device=distributed.rank_device(resolve_device(device), dist_info), workers=workers,
                        resume=resume, log=log, progress=advance)
+    distributed.shutdown()
+    if not dist_info.is_main:
+        return
     best = result.best
     typer.echo(f"{out}: {result.iterations} iterations in {result.seconds:.1f} s; best validation "
                f"clean {100 * best.get('clean_accuracy', float('nan')):.1f}%, "

@@ -1,0 +1,82 @@
+"""recapfast screen DIR --out results.jsonl: which images look recaptured, and which verdicts are fragile."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._app import (BatchOpt, DeviceOpt, ForceOpt, ModelOpt, QuietOpt, WorkersOpt, app, check_new_file, progress_bar,
+                   resolve_device, stderr_console)
+
+
+def parse_probe_eps(text: str) -> list[float]:
+    if text.strip().lower() in ("", "none", "off", "0"):
+        return []
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers (or 'none')",
+                                 param_hint="--probe-eps") from err
+    if any(v <= 0 for v in values):
+        raise typer.BadParameter(f"{text!r}: probe eps must be > 0 grey levels", param_hint="--probe-eps")
+    return sorted(set(values))
+
+
+@app.command("screen")
+def screen_command(
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=True, dir_okay=True,
+                                         help="Folder (searched recursively) or one image file; no labels needed.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Records, one JSON object per line (.jsonl).")],
+    csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the records (no tile maps) as CSV.")] = None,
+    model: ModelOpt = "baseline",
+    size: Annotated[int, typer.Option("--size", min=8, help="Tile size in pixels (the model's patch size).")] = 64,
+    probe_eps: Annotated[str, typer.Option("--probe-eps", help="Eps (grey levels) probed with FGSM and LLCM to "
+                                           "find the smallest that flips the decision; 'none' to skip.")] = "1,2,3,4,5",
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
+                                             help="Decision: recaptured when mean tile p >= this.")] = 0.5,
+    fragile_eps: Annotated[float, typer.Option("--fragile-eps", min=0.0,
+                                               help="fragile = flip_eps <= this (grey levels).")] = 1.0,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels "
+                                            "(per-file error record).")] = 50_000_000,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip files it already holds.")] = False,
+    resume_by: Annotated[str, typer.Option("--resume-by", help="Done-file key: stat (path + size + mtime) "
+                                           "or sha256 (content).")] = "stat",
+    tile_map_inline: Annotated[int, typer.Option("--tile-map-inline", min=0, help="Tile maps with more tiles "
+                                                 "go to a side file OUT_STEM.tiles/INDEX.json.")] = 256,
+    device: DeviceOpt = "auto",
+    batch_size: BatchOpt = 32,
+    workers: WorkersOpt = 0,
+    force: ForceOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
+    from .. import distributed
+    from ..checkpoint import load_model
+    from ..screen import ScreenConfig, screen_folder
+
+    eps_values = parse_probe_eps(probe_eps)
+    if resume_by not in ("stat", "sha256"):
+        raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
+    if csv_out is not None and not resume:
+        check_new_file(csv_out, force, "--csv")
+    dev = resolve_device(device)
+    info = distributed.init(dev)
+    dev = distributed.rank_device(dev, info)
+    quiet = quiet or not info.is_main
+    console = stderr_console(quiet)
+    net = load_model(model, dev)
+    config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
+                          max_pixels=max_pixels, batch_size=batch_size, workers=workers, resume_by=resume_by,
+                          tile_map_inline=tile_map_inline)
+    bar, advance = progress_bar(console, None, f"screen {model}")
+    log = (lambda msg: console.print(msg, markup=False, highlight=False))
+    try:
+        with bar:
+            result = screen_folder(net, data, out, config, resume=resume, force=force, csv_out=csv_out,
+                                   progress=advance, log=log)
+    finally:
+        distributed.shutdown()
+    if info.is_main:
+        typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
