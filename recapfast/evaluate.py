@@ -8,7 +8,13 @@ Metrics per (attack, eps):
 - adversarial accuracy: correct adversarial predictions / patches;
 - attack success rate: patches correct when clean and wrong under attack / patches correct when clean;
 - mean L-inf and L2 of the perturbation (pixel units), mean PSNR in dB over patches whose
-  perturbation is not all zero (an untouched patch has infinite PSNR and is counted in ``unchanged``).
+  perturbation is not all zero (an untouched patch has infinite PSNR and is counted in ``unchanged``);
+- mean SSIM (Wang et al. 2004, ``recapfast.metrics.ssim``) over all patches (NaN below 11x11).
+
+Single-step attacks (fgsm, llcm) share one gradient across all eps (``recapfast.sweep``); the
+iterative ones (bim, illc, pgd, mifgsm; ``recapfast.iterative``) run once per eps, because
+their iterates depend on eps.  With a universal perturbation (``uap``), every patch is also
+evaluated as clip(patch + delta): fooling rate = patches whose prediction changes / patches.
 """
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ import torch
 from torch import nn
 
 from .attacks import ATTACKS, sweep
+from .iterative import ITERATIVE_ATTACKS, IterativeConfig, sweep_iterative
+from .metrics import ssim as ssim_metric
 from .data import CLASS_NAMES, Batch, PatchDataset, discover, make_loader
 
 
@@ -37,6 +45,7 @@ class AttackCell:
     mean_l2: float
     mean_psnr: float
     unchanged: int
+    mean_ssim: float = float("nan")
 
 
 @dataclass
@@ -59,6 +68,8 @@ class EvalResult:
     seconds: float = 0.0
     quantized: bool = True
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
+    iterative: dict = field(default_factory=dict)
+    uap: dict | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -95,8 +106,15 @@ class Evaluator:
     """Accumulates sweep results batch by batch; ``result()`` reads the counters back once."""
 
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
-                 attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2):
+                 attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
+                 iterative: IterativeConfig | None = None, uap=None):
         self.model = model
+        unknown = [a for a in attacks if a not in ATTACKS and a not in ITERATIVE_ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
+                             f"{', '.join(ATTACKS + ITERATIVE_ATTACKS)}")
+        self.iterative = iterative or IterativeConfig()
+        self.uap = uap                 # a recapfast.uap.UAP or None
         self.eps = [float(e) for e in eps]
         self.attacks = list(attacks)
         self.quantize = quantize
@@ -112,6 +130,11 @@ class Evaluator:
         self.l2_sum = z(a, e, dtype=torch.float64)
         self.psnr_sum = z(a, e, dtype=torch.float64)
         self.psnr_count = z(a, e)
+        self.ssim_sum = z(a, e, dtype=torch.float64)
+        self.uap_correct = z(num_classes)
+        self.uap_fooled = z(1)
+        self.uap_dist = z(4, dtype=torch.float64)      # sums of L-inf, L2, PSNR (changed patches), SSIM
+        self.uap_changed = z(1)
         self.patch_size = 0
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -120,7 +143,14 @@ class Evaluator:
         self.patch_size = int(x.shape[-1])
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
-        res = sweep(self.model, x, y, self.eps, self.attacks, quantize=self.quantize)
+        single = [a for a in self.attacks if a in ATTACKS]
+        iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
+        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, return_images=True)
+        if iterative:
+            more = sweep_iterative(self.model, x, y, self.eps, iterative, self.quantize, self.iterative,
+                                   return_images=True, clean_logits=res.clean_logits)
+            for part in ("predictions", "linf", "l2", "mse", "images"):
+                getattr(res, part).update(getattr(more, part))
         onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
         self.per_class += onehot.sum(0)
         clean_ok = res.clean_predictions == y
@@ -136,6 +166,30 @@ class Evaluator:
             psnr = 10.0 * torch.log10((255.0 ** 2) / mse.clamp_min(1e-30))
             self.psnr_sum[i] += torch.where(changed, psnr, torch.zeros_like(psnr)).sum(1)
             self.psnr_count[i] += changed.sum(1)
+            for j in range(len(self.eps)):
+                self.ssim_sum[i, j] += ssim_metric(res.images[name][j], x, dtype=torch.float32).nan_to_num(0.0).sum()
+        if self.uap is not None:
+            self._update_uap(x, y, onehot, res.clean_predictions)
+
+    def _update_uap(self, x, y, onehot, clean_pred) -> None:
+        from .uap import apply_uap
+
+        x_u = apply_uap(x, self.uap.delta)
+        with torch.inference_mode():
+            from .attacks import eval_mode
+
+            with eval_mode(self.model):
+                pred = self.model(x_u).argmax(1)
+        self.uap_correct += (onehot * (pred == y).unsqueeze(1)).sum(0)
+        self.uap_fooled += (pred != clean_pred).sum()
+        diff = (x_u - x.to(torch.float32)).flatten(1).double()
+        mse = diff.square().mean(1)
+        changed = mse > 0
+        psnr = torch.where(changed, 10.0 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-30)), torch.zeros_like(mse))
+        self.uap_dist += torch.stack([diff.abs().amax(1).sum() if diff.shape[1] else diff.new_zeros(()),
+                                      diff.norm(dim=1).sum(), psnr.sum(),
+                                      ssim_metric(x_u, x, dtype=torch.float32).nan_to_num(0.0).sum()])
+        self.uap_changed += changed.sum()
 
     def result(self, model_name: str = "", files: int = 0, errors=(), notes=(), seconds: float = 0.0) -> EvalResult:
         per_class = self.per_class.cpu().tolist()
@@ -144,6 +198,8 @@ class Evaluator:
         flipped = self.flipped.cpu().tolist()
         linf, l2 = self.linf_sum.cpu().tolist(), self.l2_sum.cpu().tolist()
         psnr, psnr_n = self.psnr_sum.cpu().tolist(), self.psnr_count.cpu().tolist()
+        ssim_sum = self.ssim_sum.cpu().tolist()
+        ssim_ok = self.patch_size >= 11
         total, clean_total = sum(per_class), sum(clean)
         ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
         cells = []
@@ -155,13 +211,35 @@ class Evaluator:
                     success_rate=ratio(flipped[i][j], clean_total), correct=correct, flipped=flipped[i][j],
                     accuracy_per_class=[ratio(c, n) for c, n in zip(adv[i][j], per_class)],
                     mean_linf=ratio(linf[i][j], total), mean_l2=ratio(l2[i][j], total),
-                    mean_psnr=ratio(psnr[i][j], psnr_n[i][j]), unchanged=total - psnr_n[i][j]))
+                    mean_psnr=ratio(psnr[i][j], psnr_n[i][j]), unchanged=total - psnr_n[i][j],
+                    mean_ssim=ratio(ssim_sum[i][j], total) if ssim_ok else float("nan")))
+        uap = None
+        if self.uap is not None:
+            u_correct = self.uap_correct.cpu().tolist()
+            fooled, changed = int(self.uap_fooled.item()), int(self.uap_changed.item())
+            d_linf, d_l2, d_psnr, d_ssim = self.uap_dist.cpu().tolist()
+            uap = dict(self.uap.info(), fooling_rate=ratio(fooled, total), fooled=fooled,
+                       accuracy=ratio(sum(u_correct), total), correct=sum(u_correct),
+                       accuracy_per_class=[ratio(c, n) for c, n in zip(u_correct, per_class)],
+                       mean_linf=ratio(d_linf, total), mean_l2=ratio(d_l2, total), mean_psnr=ratio(d_psnr, changed),
+                       mean_ssim=ratio(d_ssim, total) if ssim_ok else float("nan"))
+            uap.pop("history", None)
+        iterative = {}
+        if any(a in ITERATIVE_ATTACKS for a in self.attacks):
+            from .iterative import default_steps
+
+            c = self.iterative
+            iterative = {"steps": c.steps if c.steps is not None else {f"{e:g}": default_steps(e) for e in self.eps},
+                         "step_size": 1.0 if c.step_size is None else c.step_size,
+                         "pgd_random_start": c.random_start, "pgd_seed": c.seed, "mifgsm_decay": c.decay,
+                         "illc_target": "least likely class of the clean image (fixed for all steps)"}
         return EvalResult(
             model=model_name, eps=self.eps, attacks=self.attacks, patch_size=self.patch_size, files=files,
             patches=total, patches_per_class=per_class, clean_correct=clean_total,
             clean_accuracy=ratio(clean_total, total),
             clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
-            cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize)
+            cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize,
+            iterative=iterative, uap=uap)
 
 
 def report_error(path: str, reason: str, stream=None) -> None:
@@ -183,13 +261,18 @@ def evaluate_folder(
     progress: Callable[[int], None] | None = None,
     on_error: Callable[[str, str], None] | None = report_error,
     samples=None,
+    iterative: IterativeConfig | None = None,
+    uap=None,
 ) -> EvalResult:
     """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files."""
     samples = discover(root, class_names) if samples is None else samples
+    from . import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
+
+    samples = distributed.shard_list(samples)
     dataset = PatchDataset(samples, size, tile)
     device = next(model.parameters()).device
     loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
-    evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names))
+    evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap)
     evaluator.patch_size = size
     errors, notes, files = [], [], 0
     start = time.perf_counter()
@@ -204,7 +287,8 @@ def evaluate_folder(
         evaluator.update(batch.x, batch.y)
         if progress is not None:
             progress(len(batch.files) + len(batch.errors))
+    files, errors, notes = distributed.reduce_evaluator(evaluator, files, errors, notes)
     result = evaluator.result(model_name, files, errors, notes)
-    result.seconds = time.perf_counter() - start
+    result.seconds = distributed.all_reduce_max(time.perf_counter() - start)
     result.class_names = list(class_names)
     return result

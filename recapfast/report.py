@@ -41,14 +41,34 @@ def result_markdown(result) -> str:
         acc_rows.append([name.upper()] + [pct(c.accuracy) for c in cells])
         asr_rows.append([name.upper()] + [pct(c.success_rate) for c in cells])
         for c in cells:
-            dist_rows.append([name.upper(), eps_label(c.eps), num(c.mean_linf), num(c.mean_l2), num(c.mean_psnr)])
+            dist_rows.append([name.upper(), eps_label(c.eps), num(c.mean_linf), num(c.mean_l2), num(c.mean_psnr),
+                              num(getattr(c, "mean_ssim", float("nan")), 4)])
     title = f"model `{result.model}`" if result.model else "model"
     parts = [f"### {title}", "", clean_line(result), ""]
     if result.cells:
         parts += ["Detection accuracy of adversarial images" + ("" if result.quantized else " (not quantized)"), "",
                   _table(head, acc_rows), "", "Attack success rate (correct clean decisions flipped)", "",
-                  _table(head, asr_rows), "", "Perturbation size (pixel units; PSNR over changed patches)", "",
-                  _table(["method", "eps", "mean L-inf", "mean L2", "mean PSNR (dB)"], dist_rows), ""]
+                  _table(head, asr_rows), "", "Perturbation size (pixel units; PSNR over changed patches; SSIM "
+                  "Wang et al. 2004, 11x11 Gaussian window, sigma 1.5)", "",
+                  _table(["method", "eps", "mean L-inf", "mean L2", "mean PSNR (dB)", "mean SSIM"], dist_rows), ""]
+        iterative = getattr(result, "iterative", None)
+        if iterative:
+            steps = iterative["steps"]
+            steps = ", ".join(f"eps {k}: {v}" for k, v in steps.items()) if isinstance(steps, dict) else str(steps)
+            parts += [f"Iterative attacks (run per eps): steps {steps}; step size {iterative['step_size']:g} grey "
+                      f"level(s); PGD random start {'on' if iterative['pgd_random_start'] else 'off'} "
+                      f"(seed {iterative['pgd_seed']}); MI-FGSM decay {iterative['mifgsm_decay']:g}; ILLC target: "
+                      f"{iterative['illc_target']}", ""]
+    uap = getattr(result, "uap", None)
+    if uap:
+        per_class = ", ".join(f"{name} {pct(a)}" for name, a in zip(result.class_names, uap["accuracy_per_class"]))
+        parts += [f"Universal perturbation ({uap.get('method', '')}, xi {uap['xi']:g}, made on "
+                  f"`{uap.get('model') or '?'}`)", "",
+                  _table(["fooling rate", "accuracy with UAP", "per class", "mean L-inf", "mean L2",
+                          "mean PSNR (dB)", "mean SSIM"],
+                         [[pct(uap["fooling_rate"]), pct(uap["accuracy"]), per_class, num(uap["mean_linf"]),
+                           num(uap["mean_l2"]), num(uap["mean_psnr"]), num(uap["mean_ssim"], 4)]]),
+                  "", "Fooling rate: patches whose prediction changes when the UAP is added.", ""]
     if result.errors:
         parts += [f"{len(result.errors)} file(s) skipped:", ""]
         parts += [f"- `{e['path']}`: {e['error']}" for e in result.errors[:50]]
@@ -75,7 +95,7 @@ def result_json(result) -> str:
 
 
 CSV_FIELDS = ["model", "attack", "eps", "accuracy", "success_rate", "correct", "patches", "mean_linf", "mean_l2",
-              "mean_psnr"]
+              "mean_psnr", "mean_ssim"]
 
 
 def result_csv(result) -> str:
@@ -84,9 +104,17 @@ def result_csv(result) -> str:
     writer.writeheader()
     writer.writerow({"model": result.model, "attack": "clean", "eps": 0, "accuracy": result.clean_accuracy,
                      "success_rate": "", "correct": result.clean_correct, "patches": result.patches,
-                     "mean_linf": 0, "mean_l2": 0, "mean_psnr": ""})
+                     "mean_linf": 0, "mean_l2": 0, "mean_psnr": "", "mean_ssim": 1.0})
     for c in result.cells:
         writer.writerow({"model": result.model, "attack": c.attack, "eps": c.eps, "accuracy": c.accuracy,
                          "success_rate": c.success_rate, "correct": c.correct, "patches": result.patches,
-                         "mean_linf": c.mean_linf, "mean_l2": c.mean_l2, "mean_psnr": c.mean_psnr})
+                         "mean_linf": c.mean_linf, "mean_l2": c.mean_l2, "mean_psnr": c.mean_psnr,
+                         "mean_ssim": getattr(c, "mean_ssim", "")})
+    uap = getattr(result, "uap", None)
+    if uap:
+        # success_rate holds the fooling rate for the UAP row (prediction changed / patches).
+        writer.writerow({"model": result.model, "attack": "uap", "eps": uap["xi"], "accuracy": uap["accuracy"],
+                         "success_rate": uap["fooling_rate"], "correct": uap["correct"], "patches": result.patches,
+                         "mean_linf": uap["mean_linf"], "mean_l2": uap["mean_l2"], "mean_psnr": uap["mean_psnr"],
+                         "mean_ssim": uap["mean_ssim"]})
     return out.getvalue()

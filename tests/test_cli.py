@@ -95,7 +95,7 @@ def test_attack_then_clean_eval_reproduces_the_eval_number(ckpt, synth_dir, tmp_
 def test_user_errors_exit_1_with_one_line(ckpt, synth_dir, tmp_path):
     cases = [
         ("eval", synth_dir, "--eps", "one,two"),
-        ("eval", synth_dir, "--attack", "pgd"),
+        ("eval", synth_dir, "--attack", "cw"),          # pgd is a valid attack since issue 6
         ("eval", synth_dir, "--model", tmp_path / "missing.safetensors"),
         ("eval", tmp_path / "nowhere"),
         ("eval", tmp_path),

@@ -1,4 +1,4 @@
-"""recapfast eval DIR: clean accuracy and accuracy under FGSM/LLCM at each eps."""
+"""recapfast eval DIR: clean accuracy and accuracy under FGSM/LLCM/iterative attacks at each eps, and a UAP."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +15,20 @@ from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, Quantiz
 def eval_command(
     data: ExistingDir,
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps in grey levels.")] = "1,2,3,4,5",
-    attack: Annotated[str, typer.Option("--attack", help="Comma-separated attacks: fgsm, llcm.")] = "fgsm,llcm",
+    attack: Annotated[str, typer.Option("--attack", help="Comma-separated attacks: fgsm, llcm (one shared gradient "
+                                        "for all eps), bim, illc, pgd, mifgsm (iterative, run per eps).")
+    ] = "fgsm,llcm",
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterations of the iterative attacks "
+                                                 "(default: Kurakin's floor(min(eps+4, 1.25 eps)) per eps).")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="Step of the iterative attacks "
+                                                       "in grey levels (default 1).")] = None,
+    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    uap: Annotated[Optional[Path], typer.Option("--uap", exists=True, dir_okay=False, readable=True,
+                                                help="Also add this universal perturbation PNG (from `recapfast uap`) "
+                                                     "to every patch: fooling rate and accuracy.")] = None,
+    heatmap: Annotated[Optional[Path], typer.Option("--heatmap", file_okay=False, help="Also write a tile map of "
+                                                    "P(recaptured) as a PNG heatmap per image with >= 2 tiles of "
+                                                    "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
     model: ModelOpt = "baseline",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
@@ -34,21 +47,55 @@ def eval_command(
     from ..checkpoint import load_model
     from ..data import discover
     from ..evaluate import evaluate_folder
+    from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
 
     eps_values = parse_floats(eps, "--eps")
-    attacks = parse_attacks(attack, ATTACKS)
+    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
+    if step_size is not None and quantize and step_size < 0.5:
+        raise typer.BadParameter(f"{step_size:g} rounds back onto the same uint8 value; use >= 0.5 or --no-quantize",
+                                 param_hint="--step-size")
+    iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
+    universal = None
+    if uap is not None:
+        from ..uap import load_uap
+
+        universal = load_uap(uap)
+    if heatmap is not None:
+        from ..localize import check_output_dir
+
+        if heatmap.exists() and (not heatmap.is_dir() or any(heatmap.iterdir())) and not force:
+            raise typer.BadParameter(f"{heatmap} exists and is not empty (use --force to write into it)",
+                                     param_hint="--heatmap")
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
         check_new_file(path, force, option)
+    from .. import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
+
+    dist_info = distributed.init(resolve_device(device))
+    quiet = quiet or not dist_info.is_main
     console = stderr_console(quiet)
-    net = load_model(model, resolve_device(device))
+    net = load_model(model, distributed.rank_device(resolve_device(device), dist_info))
     samples = discover(data)
     bar, advance = progress_bar(console, len(samples), f"eval {model}")
     on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))
     with bar:
         result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
                                  workers=workers, quantize=quantize, model_name=model, progress=advance,
-                                 on_error=None if quiet else on_error, samples=samples)
+                                 on_error=None if quiet else on_error, samples=samples, iterative=iterative,
+                                 uap=universal)
+    distributed.shutdown()
+    if not dist_info.is_main:
+        return
     typer.echo(result.to_markdown())
+    if heatmap is not None:
+        from ..localize import write_heatmaps
+
+        check_output_dir(heatmap, force)
+        bar, advance = progress_bar(console, len(samples), "heatmaps")
+        with bar:
+            records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)
+        written = sum(r.heatmap is not None for r in records)
+        typer.echo(f"wrote {written} heatmap(s) ({len(records) - written} image(s) with fewer than 2 tiles or "
+                   f"unreadable) and {heatmap / 'heatmaps.json'}")
     if json_out is not None:
         write_text_atomic(json_out, result.to_json())
     if csv_out is not None:
