@@ -1,0 +1,229 @@
+"""`recapfast reproduce`: end to end on a tiny run, the split, resume, findings, refusal to overwrite."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from recapfast import reproduce as rp
+from recapfast.cli import app
+from recapfast.data import Sample
+
+pytest.importorskip("matplotlib")
+
+TINY = dict(sizes=(32,), count=16, iters=4, lr=1e-3, widths=(4, 8, 8, 16, 16), eval_batch=16)
+
+
+def tiny_config(**overrides) -> rp.ReproduceConfig:
+    return rp.ReproduceConfig(**{**TINY, **overrides})
+
+
+def quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("repro") / "out"
+    result = rp.reproduce(out, tiny_config(), workers=1, log=quiet, notes="tiny test run")
+    return out, result
+
+
+def test_end_to_end_outputs(tiny_run):
+    out, result = tiny_run
+    assert result.ran == [f"32/{s}" for s in ("data", "split", "baseline", "robust", "eval", "figures")]
+    report = (out / "report.md").read_text()
+    for heading in ("## Table 1", "## Table 2", "## Table 3", "## Findings", "## Data manifest", "## Environment"):
+        assert heading in report
+    assert "96.7%" in report and "tiny test run" in report           # paper numbers beside ours; the notes
+    assert "no GPU was available" in report
+    data = json.loads((out / "results.json").read_text())
+    numbers = data["sizes"]["32"]["numbers"]
+    for model in ("baseline", "robust"):
+        assert 0.0 <= numbers[model]["clean"] <= 1.0
+        assert len(numbers[model]["fgsm"]) == len(numbers[model]["llcm"]) == 5
+    assert set(data["sizes"]["32"]["findings"]) == set("abcd")
+    assert data["machine"]["cores"] >= 1 and data["machine"]["torch"] == torch.__version__
+    assert len(data["sizes"]["32"]["data"]["manifest"]["sha256"]) == 64
+    for rel in data["sizes"]["32"]["figures"]:
+        png = out / rel
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"]({rel})" in report
+    # bulky things stay under work/, which OUT/.gitignore excludes
+    assert (out / ".gitignore").read_text().strip().endswith("work/")
+    assert (out / "work" / "32" / "baseline.safetensors").is_file()
+    assert {p.name for p in out.iterdir()} == {".gitignore", "report.md", "results.json", "state.json", "plots", "work"}
+
+
+def test_split_is_deterministic_disjoint_40_10_50():
+    samples = [Sample(f"/d/{'original' if c == 0 else 'recaptured'}/{i:04d}.png", c) for c in (0, 1) for i in range(200)]
+    parts = rp.split_samples(samples, seed=3)
+    again = rp.split_samples(list(reversed(samples)), seed=3)
+    assert parts == again                                         # independent of input order
+    assert parts != rp.split_samples(samples, seed=4)
+    sets = {k: {s.path for s in v} for k, v in parts.items()}
+    assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+    assert set().union(*sets.values()) == {s.path for s in samples}
+    for c in (0, 1):
+        assert [sum(1 for s in parts[k] if s.label == c) for k in ("train", "val", "test")] == [80, 20, 100]
+    assert rp.split_counts(33) == (13, 3, 17)
+
+
+def test_materialized_split_matches_lists(tiny_run):
+    out, _ = tiny_run
+    lists = json.loads((out / "work" / "32" / "split.json").read_text())
+    assert [len(lists[k]) for k in ("train", "val", "test")] == [12, 4, 16]    # 6/2/8 per class of 16
+    test_links = sorted(p for p in (out / "work" / "32" / "split" / "test").rglob("*.png"))
+    assert len(test_links) == 16 and all(p.is_symlink() and p.resolve().is_file() for p in test_links)
+    assert not os.path.isabs(os.readlink(test_links[0]))                       # relative: OUT can move
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    out, _ = tiny_run
+    before = json.loads((out / "state.json").read_text())["stages"]
+    again = rp.reproduce(out, tiny_config(), workers=1, log=quiet)
+    assert again.ran == [] and len(again.skipped) == 6
+    assert json.loads((out / "state.json").read_text())["stages"] == before
+
+
+def test_resume_after_a_failed_stage(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    calls = []
+    real = rp._train_model
+
+    def failing(train_dir, val_dir, ckpt, config, device, log):
+        calls.append(ckpt.name)
+        if config.robust:
+            raise RuntimeError("killed")
+        return real(train_dir, val_dir, ckpt, config, device, log)
+
+    monkeypatch.setattr(rp, "_train_model", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        rp.reproduce(out, tiny_config(), workers=1, log=quiet)
+    state = json.loads((out / "state.json").read_text())["stages"]
+    assert list(state) == ["32/data", "32/split", "32/baseline"]
+    monkeypatch.setattr(rp, "_train_model", real)
+    logs = []
+    result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
+    assert result.skipped == ["32/data", "32/split", "32/baseline"]
+    assert result.ran == ["32/robust", "32/eval", "32/figures"]
+    after = json.loads((out / "state.json").read_text())["stages"]
+    for name in ("32/data", "32/split", "32/baseline"):
+        assert after[name] == state[name]                            # same record, same finished_at
+    assert (out / "report.md").is_file()
+
+    # A training stage killed after its resume state was written continues from it.
+    del after["32/robust"], after["32/eval"], after["32/figures"]
+    full = json.loads((out / "state.json").read_text())
+    full["stages"] = after
+    (out / "state.json").write_text(json.dumps(full))
+    logs.clear()
+    result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
+    assert result.ran == ["32/robust", "32/eval", "32/figures"]
+    assert any("resuming" in line for line in logs)
+
+
+def test_stop_after_then_continue(tmp_path):
+    out = tmp_path / "out"
+    first = rp.reproduce(out, tiny_config(), workers=1, log=quiet, stop_after="32/split")
+    assert first.ran == ["32/data", "32/split"] and not (out / "report.md").exists()
+    stamp = json.loads((out / "state.json").read_text())["stages"]["32/data"]["finished_at"]
+    second = rp.reproduce(out, tiny_config(), workers=1, log=quiet)
+    assert second.skipped == ["32/data", "32/split"]
+    assert json.loads((out / "state.json").read_text())["stages"]["32/data"]["finished_at"] == stamp
+
+
+def test_refuses_foreign_or_different_out(tmp_path, tiny_run):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(rp.ReproduceError, match="not empty"):
+        rp.reproduce(foreign, tiny_config(), workers=1, log=quiet)
+    out, _ = tiny_run
+    with pytest.raises(rp.ReproduceError, match="other settings .*iters"):
+        rp.reproduce(out, tiny_config(iters=5), workers=1, log=quiet)
+    runner = CliRunner()
+    res = runner.invoke(app, ["reproduce", str(foreign), "--sizes", "32", "--count", "16", "--iters", "2"])
+    assert res.exit_code == 1
+    assert "not empty" in res.output and "Traceback" not in res.output
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_force_starts_over_and_keeps_foreign_files(tmp_path):
+    out = tmp_path / "out"
+    rp.reproduce(out, tiny_config(), workers=1, log=quiet, stop_after="32/data")
+    (out / "mine.txt").write_text("user file")
+    result = rp.reproduce(out, tiny_config(iters=2), workers=1, log=quiet, force=True, stop_after="32/split")
+    assert result.ran == ["32/data", "32/split"]
+    assert (out / "mine.txt").read_text() == "user file"
+    assert json.loads((out / "state.json").read_text())["config"]["iters"] == 2
+
+
+def test_cli_validation_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--sizes", "64,x"])
+    assert res.exit_code == 1 and "--sizes" in res.output
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--sizes", "64", "--data", str(tmp_path)])
+    assert res.exit_code == 1 and "64/" in res.output
+
+
+PAPERLIKE = {"baseline": {"clean": 0.967, "fgsm": [0.028, 0.009, 0.005, 0.006, 0.026],
+                          "llcm": [0.075, 0.057, 0.052, 0.053, 0.069]},
+             "robust": {"clean": 0.966, "fgsm": [0.936, 0.945, 0.961, 0.963, 0.959],
+                        "llcm": [0.900, 0.916, 0.930, 0.933, 0.930]}}
+
+
+def test_findings_on_the_papers_numbers_all_hold():
+    f = rp.findings(PAPERLIKE)
+    assert all(f[k]["holds"] for k in "abcd")
+    assert all(f[k]["explanation"] is None for k in "abcd")
+
+
+def _variant(model, key, values):
+    numbers = json.loads(json.dumps(PAPERLIKE))
+    numbers[model][key] = values
+    return numbers
+
+
+def test_findings_each_can_fail():
+    # (a): the baseline keeps 60% under LLCM at eps 1 (limit 0.5 x 96.7%)
+    f = rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]))
+    assert not f["a"]["holds"] and "LLCM" in f["a"]["detail"] and f["a"]["explanation"]
+    assert f["b"]["holds"]
+    # (b): FGSM 2 points above LLCM at eps 3 fails; 1 point is within the stated tolerance
+    f = rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.072, 0.006, 0.026]))
+    assert not f["b"]["holds"] and f["b"]["explanation"]
+    assert rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.061, 0.006, 0.026]))["b"]["holds"]
+    # (c): clean drop of 5 points; or recovery below half in one cell
+    f = rp.findings(_variant("robust", "clean", 0.917))
+    assert not f["c"]["holds"] and "points below" in f["c"]["explanation"]
+    f = rp.findings(_variant("robust", "llcm", [0.900, 0.916, 0.40, 0.933, 0.930]))
+    assert not f["c"]["holds"] and "LLCM at eps 3" in f["c"]["explanation"]
+    # (d): the robust model resists LLCM better
+    f = rp.findings(_variant("robust", "llcm", [0.95, 0.96, 0.97, 0.97, 0.97]))
+    assert not f["d"]["holds"] and f["d"]["explanation"]
+
+
+def test_missing_matplotlib_is_one_clear_error(monkeypatch):
+    from recapfast import plots
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(plots.PlotError, match=r"install recapfast\[plot\]"):
+        plots._pyplot()
+
+
+def test_two_class_llcm_equals_fgsm_on_correctly_classified_patches(small_model, batch):
+    """The fact the findings' explanations of (b) and (d) rest on: for a two-class detector, LLCM's
+    image equals FGSM's wherever the clean prediction is right (and the gradient does not vanish)."""
+    import recapfast as rf
+
+    x, y = batch
+    with torch.no_grad():
+        correct = small_model(x.float()).argmax(1) == y
+    same = (rf.fgsm(small_model, x, y, 3) == rf.llcm(small_model, x, y, 3)).flatten(1).all(1)
+    assert correct.any() and (~correct).any()
+    assert torch.equal(same, correct)
