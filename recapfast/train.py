@@ -30,8 +30,12 @@ import torch.nn.functional as F
 from .attacks import eval_mode, input_gradients
 from .checkpoint import save_checkpoint
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
+from . import distributed
 from .evaluate import Evaluator
 from .model import DEFAULT_WIDTHS, LaplacianCNN
+
+
+PENALTY_MODES = ("exact", "fd")
 
 
 @dataclass
@@ -42,7 +46,8 @@ class TrainConfig:
     lr_decay: float = 0.9
     lr_step: int = 10_000
     robust: bool = False
-    penalty: float = 0.1            # lambda of eq. 5 (pixel units); used when robust
+    penalty: float = 10.0           # lambda of eq. 5 (pixel units; chosen by the validation sweep in README); robust only
+    penalty_mode: str = "exact"     # "exact": double backprop (eq. 5); "fd": finite difference (fd_robust_loss)
     adv_count: int = 32             # k of eq. 7
     adv_weight: float = 0.2         # alpha of eq. 7
     eps_min: float = 1.0
@@ -62,6 +67,8 @@ class TrainConfig:
             (0 <= self.adv_count <= (self.batch_size if self.robust else self.adv_count), f"--adv-count must be in [0, batch size], got {self.adv_count}"),
             (0 < self.eps_min <= self.eps_max, f"eps range must satisfy 0 < min <= max, got {self.eps_min}..{self.eps_max}"),
             (self.penalty >= 0, f"--penalty must be >= 0, got {self.penalty}"),
+            (self.penalty_mode in PENALTY_MODES, f"--penalty-mode must be one of {', '.join(PENALTY_MODES)}, "
+                                                 f"got {self.penalty_mode!r}"),
             (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
         ]
@@ -130,16 +137,27 @@ class StepBatches:
             yield self.indices(step)
 
 
-def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, k: int, eps_min: float,
-                     eps_max: float, generator: torch.Generator) -> torch.Tensor:
-    """The first k images replaced by FGSM images at per-image eps ~ U[eps_min, eps_max], on the uint8 grid."""
+def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """The first ``len(eps)`` images replaced by FGSM images at their own eps, on the uint8 grid."""
+    k = int(eps.numel())
     if k == 0:
         return x
     _, grads = input_gradients(model, x[:k], y[:k], ("fgsm",))
-    eps = eps_min + (eps_max - eps_min) * torch.rand(k, generator=generator)
-    eps = eps.to(x.device).view(k, 1, 1, 1)
+    eps = eps.to(x.device, torch.float32).view(k, 1, 1, 1)
     adv = torch.round(torch.clamp(x[:k] + eps * torch.sign(grads["fgsm"]), 0.0, 255.0))
     return torch.cat([adv, x[k:]])
+
+
+def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """Per-image eps ~ U[eps_min, eps_max] of this rank's share of the global batch's first k images.
+
+    Drawn for the whole global batch from a generator seeded by (seed, step), so a run is
+    resumable and a torchrun rank holding images r, r + world, ... gets exactly their eps.
+    """
+    k_global = min(config.adv_count, global_batch)
+    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    eps = config.eps_min + (config.eps_max - config.eps_min) * torch.rand(k_global, generator=gen)
+    return eps[rank::world]
 
 
 def robust_loss(model: LaplacianCNN, xb: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
@@ -159,17 +177,59 @@ def robust_loss(model: LaplacianCNN, xb: torch.Tensor, y: torch.Tensor, weights:
     return (weights * per_image).sum() / xb.shape[0], stats
 
 
-def training_loss(model, x, y, config: TrainConfig, step: int) -> tuple[torch.Tensor, dict]:
-    """The loss of one step: plain CE for the baseline, eq. 5-7 for the robust model."""
+def fd_robust_loss(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, weights: torch.Tensor,
+                   penalty: float) -> tuple[torch.Tensor, dict]:
+    """The finite-difference variant of eq. 5-7 (``penalty_mode="fd"``): no double backprop.
+
+    Finlay & Oberman (2019) replace the input-gradient norm by a finite difference along the
+    normalized gradient d = g / ||g||_2 (g = grad_x J, detached):  ||g||_2 ~ (J(x + h d) - J(x)) / h.
+    With the step h equal to lambda, eq. 5 becomes J + lambda * (J(x + h d) - J) / h = J(x + lambda d):
+    each image's loss is the cross-entropy at the image moved lambda pixel units along its own
+    gradient direction (equal to eq. 5 to first order in lambda).  One eval-mode forward+backward
+    over the clean batch gives every g: the first k make the FGSM images (as in exact mode) and,
+    for them too, d is the clean image's gradient direction (an approximation: exact mode
+    penalizes the gradient at the FGSM image).  Cost: one input-gradient pass + one plain step.
+    """
+    from .attacks import _inference_forward
+
+    k = int(eps.numel())
+    # The direction pass is a pure input gradient: on CPU it runs with channels_last weights
+    # (1.4-1.9x faster there; same math up to float rounding, see bench/NOTES.md).
+    forward = _inference_forward(model, x.device)
+    xg = x.detach().requires_grad_(True)
+    with eval_mode(model), torch.enable_grad():
+        (g,) = torch.autograd.grad(F.cross_entropy(forward(xg), y, reduction="sum"), xg)
+    xb = x
+    if k:
+        step = eps.to(x.device, torch.float32).view(k, 1, 1, 1)
+        adv = torch.round(torch.clamp(x[:k] + step * torch.sign(g[:k]), 0.0, 255.0))
+        xb = torch.cat([adv, x[k:]])
+    norm = g.flatten(1).norm(dim=1)
+    direction = g / norm.clamp_min(1e-30).view(-1, 1, 1, 1)
+    ce = F.cross_entropy(model(xb + penalty * direction), y, reduction="none")
+    return (weights * ce).sum() / x.shape[0], {"ce": float(ce.detach().mean()),
+                                               "grad_norm": float(norm.detach().mean())}
+
+
+def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, world: int = 1
+                  ) -> tuple[torch.Tensor, dict]:
+    """The loss of one step: plain CE for the baseline, eq. 5-7 for the robust model.
+
+    Under torchrun ``x`` is this rank's slice ``batch[rank::world]`` of the global batch: its first
+    images are the rank's share of the global first k (FGSM) images.
+    """
     if not config.robust:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach())}
-    k = min(config.adv_count, x.shape[0])
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    xb = fgsm_mixed_batch(model, x, y, k, config.eps_min, config.eps_max, gen)
+    eps = adversarial_eps(config, step, x.shape[0] * world, rank, world)
+    if config.penalty_mode == "fd":
+        weights = torch.ones(x.shape[0], device=x.device)
+        weights[:eps.numel()] = config.adv_weight
+        return fd_robust_loss(model, x, y, eps, weights, config.penalty)
+    xb = fgsm_mixed_batch(model, x, y, eps)
     weights = torch.ones(x.shape[0], device=x.device)
-    weights[:k] = config.adv_weight
+    weights[:eps.numel()] = config.adv_weight
     return robust_loss(model, xb, y, weights, config.penalty)
 
 
@@ -227,6 +287,13 @@ def train(
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model = LaplacianCNN(config.widths).to(device)
+    # Under torchrun: data-parallel over the ranks (README, "Several processes and machines"); one rank is a no-op.
+    dist_info = distributed.current()
+    if dist_info.enabled:
+        if config.batch_size % dist_info.world or config.batch_size < 2 * dist_info.world:
+            raise DataError(f"--batch-size {config.batch_size} must be a multiple of the {dist_info.world} ranks "
+                            f"and give each rank >= 2 images")
+        distributed.broadcast_module_(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_step, gamma=config.lr_decay)
     start, best_score, best, history = 0, -math.inf, {}, []
@@ -237,7 +304,9 @@ def train(
         state = torch.load(state_file, map_location=device, weights_only=True)
         saved = state["config"]
         mismatched = [f.name for f in fields(TrainConfig)
-                      if f.name not in ("iters", "val_every") and saved.get(f.name) != _plain(getattr(config, f.name))]
+                      if f.name not in ("iters", "val_every")
+                      # a field newer than the saved state compares as its default (e.g. penalty_mode)
+                      and saved.get(f.name, _plain(getattr(TrainConfig(), f.name))) != _plain(getattr(config, f.name))]
         if mismatched:
             raise DataError(f"--resume: {state_file} was made with other settings ({', '.join(mismatched)})")
         model.load_state_dict(state["model"])
@@ -253,7 +322,8 @@ def train(
     train_set = PatchDataset(train_samples, config.size)
     val_loader = make_loader(PatchDataset(val_samples, config.size), 128, 0)
     sampler = StepBatches(len(train_set), config.batch_size, config.seed, start, config.iters)
-    loader = make_loader(train_set, config.batch_size, workers, batch_sampler=sampler)
+    loader = make_loader(train_set, config.batch_size, workers,
+                         batch_sampler=distributed.RankSlices(sampler, dist_info) if dist_info.enabled else sampler)
     t0 = time.perf_counter()
     step, running = start, []
 
@@ -267,8 +337,11 @@ def train(
         mark = ""
         if s > best_score:
             best_score, best, mark = s, dict(metrics), " (best)"
+        if mark and dist_info.is_main:
             save_checkpoint(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
                                          "history": history})
+        if not dist_info.is_main:
+            return
         log(f"iter {step}: loss {metrics['loss']:.4f}  val clean {100 * metrics['clean_accuracy']:.1f}%  "
             f"fgsm@{config.val_eps:g} {100 * metrics[f'fgsm_eps{config.val_eps:g}_accuracy']:.1f}%{mark}")
         _save_resume(state_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -280,11 +353,13 @@ def train(
         x = batch.x.to(device, non_blocking=True).to(torch.float32)
         y = batch.y.to(device, non_blocking=True)
         if x.shape[0] >= 2:
-            loss, _ = training_loss(model, x, y, config, step)
+            loss, _ = training_loss(model, x, y, config, step, dist_info.rank, dist_info.world)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients_(model)
             optimizer.step()
-            running.append(float(loss.detach()))
+            distributed.average_buffers_(model)
+            running.append(distributed.mean_over_ranks(float(loss.detach())))
         scheduler.step()
         step += 1
         if progress is not None:

@@ -8,7 +8,8 @@ from torch.func import functional_call
 
 from recapfast.data import DataError, PatchDataset, discover, make_loader
 from recapfast.model import LaplacianCNN
-from recapfast.train import StepBatches, TrainConfig, fgsm_mixed_batch, resume_path, robust_loss, train
+from recapfast.train import (StepBatches, TrainConfig, adversarial_eps, fgsm_mixed_batch, resume_path,
+                             robust_loss, train)
 
 from conftest import make_model
 
@@ -60,7 +61,9 @@ def test_fgsm_mixed_batch_uses_eval_mode_and_per_image_eps():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 256, (8, 3, 16, 16)).float()
     y = torch.randint(0, 2, (8,))
-    out = fgsm_mixed_batch(model, x, y, 4, 1.0, 5.0, torch.Generator().manual_seed(0))
+    eps = adversarial_eps(TrainConfig(robust=True, adv_count=4, seed=1), step=0, global_batch=8)
+    assert eps.shape == (4,) and ((eps >= 1) & (eps <= 5)).all()
+    out = fgsm_mixed_batch(model, x, y, eps)
     assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
     assert torch.equal(out[4:], x[4:])
     step = (out[:4] - x[:4]).abs().flatten(1).amax(1)
@@ -116,3 +119,11 @@ def test_resume_continues_exactly(synth_dir, tmp_path):
               log=lambda m: None)
     with pytest.raises(DataError, match="exists already"):
         train(synth_dir, tmp_path / "b.safetensors", TrainConfig(iters=12, **base), log=lambda m: None)
+
+
+def test_ranks_share_the_global_batch_eps():
+    cfg = TrainConfig(robust=True, adv_count=5, seed=2)
+    full = adversarial_eps(cfg, step=7, global_batch=8)
+    parts = [adversarial_eps(cfg, step=7, global_batch=8, rank=r, world=2) for r in range(2)]
+    assert torch.equal(full[0::2], parts[0]) and torch.equal(full[1::2], parts[1])
+    assert parts[0].numel() == 3 and parts[1].numel() == 2  # global images 0,2,4 and 1,3
