@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ._app import app
-from . import attack, demo, evaluate, synth, train  # noqa: F401,E402 - registers the commands
+from . import attack, bench, demo, evaluate, reproduce, screen, synth, train, transfer, uap  # noqa: F401,E402 - registers the commands
 
 try:  # the C++ core's `doctor` command
     from . import doctor  # noqa: F401

@@ -1,0 +1,170 @@
+"""Shared machinery of the benchmark suite: machine description, alternating timers, data, model.
+
+Timing policy (ARCHITECTURE.md, "Testing and measuring"): every workload runs all contenders in
+the same process on the same inputs; within a repetition the contenders run one after the other
+in a rotating order, so background load hits them alike; the statistic is the median; ratios
+are taken between contenders of the same run.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .kernels import cpu_model, machine_slug
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+BUNDLED_BASELINE = REPO / "recapfast" / "weights" / "baseline.safetensors"
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cache_dir() -> Path:
+    """Synthetic folders and the fallback model live here (outside the repository)."""
+    root = os.environ.get("RECAPFAST_BENCH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "recapfast", "bench")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return (commit + ("+dirty" if dirty else "")) if commit else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def load_average() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def choose_threads(requested: int | None) -> int:
+    """Torch intra-op threads: as asked, else all cores on an idle machine and 1 on a busy one.
+
+    On an oversubscribed machine (1-min load above the core count) oneDNN's spinning threads
+    lose their cores to other processes and a 2-thread forward can be 10x slower than a
+    1-thread one (measured on the shared 2-core dev box), so the default adapts; it is recorded.
+    """
+    if requested:
+        return int(requested)
+    cores = os.cpu_count() or 1
+    load = load_average() or 0.0
+    return 1 if load > cores else cores
+
+
+def machine_meta(device: str, threads: int, mode: str) -> dict:
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {
+        "machine": cpu_model() if device == "cpu" else torch.cuda.get_device_name(0),
+        "slug": machine_slug(device),
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": threads, "device": device,
+        "gpu": gpus[0] if gpus else None,
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "git_commit": git_commit(), "mode": mode,
+        "load_avg_1min_at_start": load_average(),
+    }
+
+
+def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def alternate(fns: dict[str, Callable[[], object]], reps: int, device: str = "cpu",
+              warmup: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
+    """Seconds of ``reps`` runs of each function; round r starts at contender r (rotating order).
+
+    ``warmup`` (default: the functions themselves) runs once each first and is not timed
+    (oneDNN primitive creation, allocator growth, lazy imports).
+    """
+    for fn in (warmup or fns).values():
+        fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(reps):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            times[name].append(timed(fns[name], device))
+    return times
+
+
+def median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
+    """A labelled PNG folder of ``count`` originals + ``count`` recaptures at ``size`` px (cached)."""
+    from recapfast.synth import synthesize
+
+    root = cache_dir() / f"synth-{size}px-{count}x2-seed{seed}"
+    if (root / "manifest.json").is_file():
+        return root
+    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+    log(f"bench: synthesizing {2 * count} PNGs at {size} px into {root} (cached for later runs)")
+    t0 = time.perf_counter()
+    synthesize(tmp, size=size, count=count, seed=seed)
+    os.replace(tmp, root) if not root.exists() else None
+    log(f"bench: synthesized in {time.perf_counter() - t0:.0f} s")
+    return root
+
+
+def load_folder(root: Path, size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """All patches of a folder decoded into memory: (list of uint8 [3,S,S]... as one tensor, labels)."""
+    from recapfast.data import PatchDataset, discover, make_loader
+
+    xs, ys = [], []
+    for batch in make_loader(PatchDataset(discover(root), size), 256, 0):
+        xs.append(batch.x)
+        ys.append(batch.y)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def get_model(model_path: str | None, device: str = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The model every contender uses: --model, else the bundled baseline, else a quick-trained one."""
+    import recapfast as rf
+
+    if model_path:
+        model = rf.load_model(model_path)
+        info = {"model": str(model_path), "source": "--model"}
+    elif BUNDLED_BASELINE.is_file():
+        model = rf.load_model("baseline")
+        info = {"model": "baseline", "source": f"bundled {BUNDLED_BASELINE.relative_to(REPO)}"}
+    else:
+        path = cache_dir() / "quick-baseline.safetensors"
+        if not path.is_file():
+            from recapfast.train import TrainConfig, train
+
+            data = synth_folder(64, 300, seed=11)
+            log("bench: no bundled baseline yet; training a quick one (300 iterations, 64 px)")
+            cfg = TrainConfig(iters=300, batch_size=32, lr=1e-3, lr_step=100_000, val_every=300, seed=0)
+            train(data, path, cfg, log=lambda m: log("bench: " + m))
+        model = rf.load_model(str(path))
+        info = {"model": str(path), "source": "quick-trained by bench (recapfast.train, 300 iters, lr 1e-3, "
+                                              "batch 32, 600 synthetic 64 px PNGs, seed 0): no bundled baseline "
+                                              "existed when this ran"}
+    model = model.to(device).eval()
+    info["parameters"] = sum(p.numel() for p in model.parameters())
+    info["widths"] = list(getattr(model, "widths", []))
+    return model, info

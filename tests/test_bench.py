@@ -1,0 +1,100 @@
+"""Smoke test of the benchmark suite's machinery (tiny sizes; peers optional; no timing asserted)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import make_model
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+bench_main = pytest.importorskip("bench.__main__")
+from bench import peers, readme  # noqa: E402
+
+TINY = {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "scaling_reps": 1, "scaling_batch": 4,
+        "scaling_args": {"size": 32, "count": 4, "counts": (1, 2)}, "train_reps": 1,
+        "train_args": {"batch": 4, "size": 32, "count": 4}, "robust_iters": 1,
+        "robust_args": {"batch": 4, "size": 32, "train_count": 4, "eval_count": 4},
+        "pipeline": {32: (4, 2024)}, "kernel_sizes": (), "kernel_reps": 1}
+
+
+@pytest.fixture
+def tiny_suite(tmp_path, monkeypatch):
+    from recapfast.checkpoint import save_checkpoint
+
+    monkeypatch.setenv("RECAPFAST_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(bench_main, "plan", lambda mode: TINY)
+    model_path = tmp_path / "tiny.safetensors"
+    save_checkpoint(make_model(), model_path)
+    return tmp_path, model_path
+
+
+def test_suite_writes_results_and_reports_missing_peers(tiny_suite, monkeypatch):
+    tmp_path, model_path = tiny_suite
+    real_probe = peers._probe
+    # foolbox is made to look absent: it must be reported as missing with the install command.
+    monkeypatch.setattr(peers, "_probe", lambda m: (None, "ModuleNotFoundError: test") if m == "foolbox"
+                        else real_probe(m))
+    names = ["recapfast-torch", "foolbox"] + (["torchattacks"] if importlib.util.find_spec("torchattacks") else [])
+    results, path = bench_main.run_suite("quick", ["eval-sweep", "scaling", "train-step", "data-pipeline"],
+                                         threads=1, model_path=str(model_path), out_dir=tmp_path / "out",
+                                         contender_names=names, stamp=False)
+    saved = json.loads(path.read_text())
+    md = path.with_suffix(".md").read_text()
+    status = {c["name"]: c["status"] for c in saved["contenders"]}
+    assert status["foolbox"] == "missing" and "missing" in md and "pip install --no-deps" in md
+    sweep = saved["workloads"]["eval_sweep"]["sizes"][0]
+    assert {r["contender"] for r in sweep["modes"]["model-only"]} == {n for n in names if status[n] == "ok"}
+    assert sweep["images"] == 8
+    if "torchattacks" in status:
+        (agree,) = sweep["agreement"]
+        assert agree["fgsm_identical"], agree          # same FGSM accuracy as the loop
+        assert sweep["modes"]["end-to-end"][0]["speedup_vs_torchattacks"] is not None
+    assert {r["mode"] for r in saved["workloads"]["train_step"]["rows"]} == {"plain", "robust-exact", "robust-fd"}
+    assert [r["workers"] for r in saved["workloads"]["data_pipeline"]["rows"]] == [0, 1, 2]
+    assert saved["meta"]["cores"] and saved["meta"]["torch"] == torch.__version__
+    assert "| px | contender |" in readme.section(saved, "x.json")
+
+
+def test_cli_rejects_unknown_workload():
+    from typer.testing import CliRunner
+
+    from recapfast.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
+    assert res.exit_code == 1
+
+
+def test_fd_penalty_mode_exact_unchanged_and_fd_trains():
+    """penalty_mode defaults to exact, whose loss is the documented eq. 5-7 (double backprop),
+    bit for bit; fd gives a finite loss whose gradient reaches the weights."""
+    from recapfast.train import TrainConfig, robust_loss, training_loss, fgsm_mixed_batch, adversarial_eps
+
+    model = make_model().train()
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (8, 3, 32, 32), generator=g).float()
+    y = torch.randint(0, 2, (8,), generator=g)
+    cfg = TrainConfig(robust=True, batch_size=8, adv_count=4)
+    assert cfg.penalty_mode == "exact"
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, _ = training_loss(model, x, y, cfg, step=5)
+    model.load_state_dict(state)
+    eps = adversarial_eps(cfg, 5, 8)
+    xb = fgsm_mixed_batch(model, x, y, eps)
+    w = torch.ones(8)
+    w[:4] = cfg.adv_weight
+    ref, _ = robust_loss(model, xb, y, w, cfg.penalty)
+    assert torch.equal(loss, ref)
+    model.load_state_dict(state)
+    fd, stats = training_loss(model, x, y, TrainConfig(robust=True, batch_size=8, adv_count=4, penalty_mode="fd"), 5)
+    fd.backward()
+    assert torch.isfinite(fd) and stats["grad_norm"] > 0
+    assert all(p.grad is not None for p in model.parameters())
+    with pytest.raises(Exception, match="penalty-mode"):
+        TrainConfig(penalty_mode="nope").validate()
