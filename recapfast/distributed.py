@@ -292,3 +292,20 @@ def mean_over_ranks(value: float) -> float:
     t = torch.tensor([float(value)], dtype=torch.float64)
     all_reduce_sum_([t])
     return float(t.item()) / info.world
+
+
+def mean_over_ranks_each(values: Sequence[torch.Tensor]) -> list[float]:
+    """[mean over the ranks of float(v) for v in values]: one host sync and one all-reduce for all of them.
+
+    Equal to ``[mean_over_ranks(float(v)) for v in values]`` (float64 sums, then / world), which costs a
+    sync and an all-reduce per value: training keeps its per-step losses on the device and reads them
+    here only when it logs.
+    """
+    if not values:
+        return []
+    stacked = torch.stack([v.detach().reshape(()) for v in values]).to(torch.float64)
+    info = current()
+    if info.enabled:
+        all_reduce_sum_([stacked])
+        return [v / info.world for v in stacked.tolist()]
+    return stacked.tolist()

@@ -143,7 +143,7 @@ def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps:
     if k == 0:
         return x
     _, grads = input_gradients(model, x[:k], y[:k], ("fgsm",))
-    eps = eps.to(x.device, torch.float32).view(k, 1, 1, 1)
+    eps = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)   # no host sync
     adv = torch.round(torch.clamp(x[:k] + eps * torch.sign(grads["fgsm"]), 0.0, 255.0))
     return torch.cat([adv, x[k:]])
 
@@ -162,18 +162,21 @@ def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: i
 
 def robust_loss(model: LaplacianCNN, xb: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
                 penalty: float) -> tuple[torch.Tensor, dict]:
-    """Eq. 5-7: weighted per-image (CE + lambda * ||grad_x CE||_2), divided by the batch size."""
+    """Eq. 5-7: weighted per-image (CE + lambda * ||grad_x CE||_2), divided by the batch size.
+
+    The stats are detached 0-dim tensors on the loss's device (reading one, e.g. float(), syncs the GPU).
+    """
     xb = xb.detach().requires_grad_(penalty > 0)
     logits = model(xb)
     ce = F.cross_entropy(logits, y, reduction="none")
     per_image = ce
-    stats = {"ce": float(ce.detach().mean())}
+    stats = {"ce": ce.detach().mean()}
     if penalty > 0:
         (g,) = torch.autograd.grad(ce.sum(), xb, create_graph=True)
         # The tiny constant keeps sqrt differentiable where a gradient is exactly zero.
         norm = torch.sqrt(g.flatten(1).square().sum(1) + 1e-20)
         per_image = ce + penalty * norm
-        stats["grad_norm"] = float(norm.detach().mean())
+        stats["grad_norm"] = norm.detach().mean()
     return (weights * per_image).sum() / xb.shape[0], stats
 
 
@@ -201,19 +204,20 @@ def fd_robust_loss(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: t
         (g,) = torch.autograd.grad(F.cross_entropy(forward(xg), y, reduction="sum"), xg)
     xb = x
     if k:
-        step = eps.to(x.device, torch.float32).view(k, 1, 1, 1)
+        step = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)
         adv = torch.round(torch.clamp(x[:k] + step * torch.sign(g[:k]), 0.0, 255.0))
         xb = torch.cat([adv, x[k:]])
     norm = g.flatten(1).norm(dim=1)
     direction = g / norm.clamp_min(1e-30).view(-1, 1, 1, 1)
     ce = F.cross_entropy(model(xb + penalty * direction), y, reduction="none")
-    return (weights * ce).sum() / x.shape[0], {"ce": float(ce.detach().mean()),
-                                               "grad_norm": float(norm.detach().mean())}
+    return (weights * ce).sum() / x.shape[0], {"ce": ce.detach().mean(), "grad_norm": norm.detach().mean()}
 
 
 def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, world: int = 1
                   ) -> tuple[torch.Tensor, dict]:
     """The loss of one step: plain CE for the baseline, eq. 5-7 for the robust model.
+
+    Nothing here waits for the GPU: the stats are detached device tensors, read only when logging.
 
     Under torchrun ``x`` is this rank's slice ``batch[rank::world]`` of the global batch: its first
     images are the rank's share of the global first k (FGSM) images.
@@ -221,7 +225,7 @@ def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, wo
     if not config.robust:
         logits = model(x)
         loss = F.cross_entropy(logits, y)
-        return loss, {"ce": float(loss.detach())}
+        return loss, {"ce": loss.detach()}
     eps = adversarial_eps(config, step, x.shape[0] * world, rank, world)
     if config.penalty_mode == "fd":
         weights = torch.ones(x.shape[0], device=x.device)
@@ -330,7 +334,8 @@ def train(
     def checkpoint_now(step: int) -> None:
         nonlocal best_score, best
         metrics = validate(model, val_loader, config.val_eps)
-        metrics.update(iteration=step, loss=sum(running) / max(len(running), 1), lr=optimizer.param_groups[0]["lr"])
+        losses = distributed.mean_over_ranks_each(running)   # the only sync and all-reduce for the losses
+        metrics.update(iteration=step, loss=sum(losses) / max(len(losses), 1), lr=optimizer.param_groups[0]["lr"])
         history.append(metrics)
         running.clear()
         s = score(metrics, config.robust, config.val_eps)
@@ -359,7 +364,7 @@ def train(
             distributed.average_gradients_(model)
             optimizer.step()
             distributed.average_buffers_(model)
-            running.append(distributed.mean_over_ranks(float(loss.detach())))
+            running.append(loss.detach())   # read (one sync, one all-reduce) only when logging is due
         scheduler.step()
         step += 1
         if progress is not None:
