@@ -1,6 +1,7 @@
-"""Shared fixtures: a small trained-free model, a synthetic labelled folder, and hostile files."""
+"""Shared fixtures: a small trained-free model, a synthetic labelled folder, hostile files, op backends."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -12,8 +13,61 @@ from PIL import Image
 
 import recapfast as rf
 
-# Tests never build the extension unless they ask for it (test_ops.py does).
+# Tests never build the extension unless they ask for it (the `ext` fixture and `op_backend`'s ext case).
 os.environ.setdefault("RECAPFAST_BACKEND", "torch")
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Run with the op backend ``name`` ('auto', 'ext', 'torch'), then restore the previous choice."""
+    from recapfast import ops
+
+    previous = ops._requested
+    ops.set_backend(name)
+    try:
+        yield
+    finally:
+        ops.set_backend(previous)
+
+
+@pytest.fixture(scope="session")
+def ext():
+    """The compiled extension, built (or loaded from the cache) once per test session."""
+    from recapfast import ops
+    from recapfast.ops import _build
+
+    with use_backend("ext"):
+        try:
+            ops.active_backend()
+        except RuntimeError as err:
+            pytest.fail(f"the recapfast extension does not build here:\n{err}")
+    return _build.STATE
+
+
+@pytest.fixture(params=["torch", "ext"])
+def op_backend(request, monkeypatch):
+    """Run the test once with the PyTorch reference ops and once with the C++ extension (one build per session).
+
+    The ext case fails unless the test really ran extension ops. Subprocesses started by the test inherit
+    the choice through RECAPFAST_BACKEND (and the build cache).
+    """
+    from recapfast import ops
+
+    if request.param == "ext":
+        request.getfixturevalue("ext")
+    served = []
+    ext_serves = ops._ext_serves
+
+    def counting(x):
+        answer = ext_serves(x)
+        served.append(answer)
+        return answer
+
+    monkeypatch.setattr(ops, "_ext_serves", counting)
+    monkeypatch.setenv("RECAPFAST_BACKEND", request.param)
+    with use_backend(request.param):
+        yield request.param
+    assert any(served) == (request.param == "ext"), f"{sum(served)} of {len(served)} op calls on the extension"
 
 
 def make_model(seed: int = 0, widths=(4, 8, 8, 16, 16), num_classes: int = 2) -> rf.LaplacianCNN:

@@ -11,7 +11,7 @@ import recapfast as rf
 from recapfast.evaluate import Evaluator, evaluate_folder
 
 
-def test_evaluator_counts_match_a_direct_computation(small_model):
+def test_evaluator_counts_match_a_direct_computation(small_model, op_backend):
     g = torch.Generator().manual_seed(8)
     xs = torch.randint(0, 256, (3, 10, 3, 32, 32), dtype=torch.uint8, generator=g)
     ys = torch.randint(0, 2, (3, 10), generator=g)
@@ -43,7 +43,7 @@ def test_evaluator_counts_match_a_direct_computation(small_model):
             assert abs(cell.mean_psnr - psnr) < 1e-6
 
 
-def test_renderings_carry_the_same_numbers(small_model, synth_dir):
+def test_renderings_carry_the_same_numbers(small_model, synth_dir, op_backend):
     res = evaluate_folder(small_model, synth_dir, [1, 2], ("fgsm", "llcm"), size=64, batch_size=16,
                           model_name="tiny")
     assert res.files == 48 and res.patches == 48 and not res.errors
@@ -59,6 +59,6 @@ def test_renderings_carry_the_same_numbers(small_model, synth_dir):
     assert [float(r["accuracy"]) for r in rows[1:]] == [c.accuracy for c in res.cells]
 
 
-def test_tiles_count_every_patch(small_model, synth_dir):
+def test_tiles_count_every_patch(small_model, synth_dir, op_backend):
     res = evaluate_folder(small_model, synth_dir, [1], ("fgsm",), size=32, tile=True, batch_size=8)
     assert res.files == 48 and res.patches == 4 * 48

@@ -5,7 +5,6 @@ CUDA variants run only where torch sees a GPU and the extension was compiled wit
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -19,28 +18,21 @@ from torch.autograd import gradcheck, gradgradcheck
 from recapfast import ops
 from recapfast.ops import _build
 
+from conftest import use_backend
+from tf32_report import tf32
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
-@contextlib.contextmanager
-def backend(name: str):
-    previous = ops._requested
-    ops.set_backend(name)
-    try:
+backend = use_backend
+
+
+@pytest.fixture(autouse=True)
+def no_tf32():
+    """The CUDA tolerance tests compare float32 at rel 1e-5: TF32 (Ampere+, cuDNN's default for convolutions)
+    would fail them. Off here, restored after; tests/tf32_report.py measures what TF32 costs."""
+    with tf32(False):
         yield
-    finally:
-        ops.set_backend(previous)
-
-
-@pytest.fixture(scope="session")
-def ext():
-    """The compiled extension, built (or loaded from the cache) once per test session."""
-    with backend("ext"):
-        try:
-            ops.active_backend()
-        except RuntimeError as err:
-            pytest.fail(f"the recapfast extension does not build here:\n{err}")
-    return _build.STATE
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def tile_probabilities(model, patches):
         return torch.softmax(model(patches.float()), 1)[:, 1].double()
 
 
-def test_records_schema_order_and_tile_map(tiny, folder, tmp_path):
+def test_records_schema_order_and_tile_map(tiny, folder, tmp_path, op_backend):
     out = tmp_path / "r.jsonl"
     res = screen_folder(tiny, folder, out, ScreenConfig(size=32, probe_eps=()))
     records = read_jsonl(out)
@@ -73,7 +73,7 @@ def test_records_schema_order_and_tile_map(tiny, folder, tmp_path):
     assert sum(s["decisions"].values()) == 9 and s["this_run"]["images_per_second"] > 0
 
 
-def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path):
+def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend):
     # Threshold at the median p so that decisions sit near it and small eps flip some of them.
     out0 = tmp_path / "p.jsonl"
     screen_folder(tiny, folder, out0, ScreenConfig(size=32, probe_eps=()))
@@ -140,7 +140,7 @@ def test_never_overwrites_without_force_and_refuses_symlinked_outputs(tiny, fold
         screen_folder(tiny, folder, out, ScreenConfig(size=32), resume=True, force=True)
 
 
-def test_cli_screen_csv_and_exit_codes(tiny_ckpt, folder, tmp_path):
+def test_cli_screen_csv_and_exit_codes(tiny_ckpt, folder, tmp_path, op_backend):
     out, csv_out = tmp_path / "r.jsonl", tmp_path / "r.csv"
     args = ["screen", str(folder), "--out", str(out), "--model", str(tiny_ckpt), "--size", "32",
             "--probe-eps", "1,2", "--device", "cpu", "--quiet", "--csv", str(csv_out)]

@@ -16,7 +16,7 @@ from conftest import make_model
 TINY = (4, 4, 8, 8, 8)
 
 
-def test_gradient_norm_penalty_gradient_matches_finite_differences():
+def test_gradient_norm_penalty_gradient_matches_finite_differences(op_backend):
     model = make_model(seed=2, widths=TINY).double().train()
     g = torch.Generator().manual_seed(3)
     x = (torch.rand(4, 3, 16, 16, generator=g, dtype=torch.float64) * 255).round()
@@ -43,7 +43,7 @@ def test_gradient_norm_penalty_gradient_matches_finite_differences():
     assert not torch.allclose(with_penalty, without)
 
 
-def test_robust_loss_is_eq_5_to_7():
+def test_robust_loss_is_eq_5_to_7(op_backend):
     model = make_model(seed=5, widths=TINY).train()
     x = torch.randint(0, 256, (6, 3, 16, 16)).float()
     y = torch.tensor([0, 1, 0, 1, 0, 1])
@@ -104,7 +104,7 @@ def test_short_training_lowers_the_loss(synth_dir, tmp_path):
     assert _dataset_loss(load_model(tmp_path / "m.safetensors"), synth_dir) < _dataset_loss(untrained, synth_dir)
 
 
-def test_resume_continues_exactly(synth_dir, tmp_path):
+def test_resume_continues_exactly(synth_dir, tmp_path, op_backend):
     base = dict(batch_size=8, lr=1e-3, val_every=5, seed=3, widths=TINY, robust=True, penalty=0.1, adv_count=4)
     train(synth_dir, tmp_path / "a.safetensors", TrainConfig(iters=10, **base), log=lambda m: None)
     train(synth_dir, tmp_path / "b.safetensors", TrainConfig(iters=5, **base), log=lambda m: None)
