@@ -41,12 +41,14 @@ def set_backend(name: str | None) -> None:
 
 
 def _ensure_extension() -> _build.BuildState:
-    state = _build.load()
-    if state.loaded and not state.registered:
-        from . import _register
-        _register.register()
-        state.registered = True
-    return state
+    # One lock for load + register: a second thread waits for the first's outcome (never sees a half-done state).
+    with _build.LOCK:
+        state = _build.load()
+        if state.loaded and not state.registered:
+            from . import _register
+            _register.register()
+            state.registered = True
+        return state
 
 
 def _build_error(state: _build.BuildState) -> RuntimeError:
@@ -66,11 +68,12 @@ def active_backend() -> str:
     if requested == "ext":
         _build.say("")
         raise _build_error(state)
-    if not state.fallback_reported:
-        state.fallback_reported = True
-        where = f" (build log: {state.log_path})" if state.log_path else ""
-        _build.say(f"C++ extension unavailable ({state.error}); using the PyTorch reference ops{where}. "
-                   "Set RECAPFAST_BACKEND=torch to skip the build, or run `recapfast doctor`.")
+    with _build.LOCK:
+        if not state.fallback_reported:
+            state.fallback_reported = True
+            where = f" (build log: {state.log_path})" if state.log_path else ""
+            _build.say(f"C++ extension unavailable ({state.error}); using the PyTorch reference ops{where}. "
+                       "Set RECAPFAST_BACKEND=torch to skip the build, or run `recapfast doctor`.")
     return "torch"
 
 

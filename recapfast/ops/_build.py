@@ -11,8 +11,16 @@ Environment:
   RECAPFAST_LOCK_TIMEOUT minutes after which a build lock whose owner cannot be checked counts as stale (default 15)
   RECAPFAST_BUILD_VERBOSE=1  show the compiler output
 
-The build name hashes every source file, the torch version, the Python version and whether CUDA
-is compiled in, so any change rebuilds into a fresh directory and stale builds are never loaded.
+The build name hashes every source file, the torch version, the Python version, whether CUDA is
+compiled in, the compile flags, the C++ compiler (path and version) and, for CUDA builds, nvcc
+(path and version) and the GPU architectures (TORCH_CUDA_ARCH_LIST, else the visible GPUs'
+capabilities). So any change rebuilds into a fresh directory, and a cache shared between machines
+never hands one a library built for another GPU or toolchain.
+
+Loading is serialized by a process-wide lock (two threads calling the first op: one build, one
+registration). After loading, a smoke call of every op on every device it serves (``_smoke.py``)
+must give the reference's result; if it fails (e.g. no kernel image for this GPU) the extension
+counts as unavailable, so ``auto`` falls back with one line saying why.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ import os
 import platform
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -57,6 +66,8 @@ class BuildState:
 
 
 STATE = BuildState()
+# Held while the extension is found, built, loaded, smoke-tested and registered (ops._ensure_extension).
+LOCK = threading.RLock()
 
 
 def source_dir() -> Path:
@@ -90,12 +101,55 @@ def _sources(src: Path, with_cuda: bool) -> list[Path]:
     return files
 
 
+_TOOL_IDS: dict[str, str] = {}
+
+
+def tool_identity(command: str) -> str:
+    """'<resolved path> | <first line of --version>' of a compiler (cached per process); 'missing: ...' if absent."""
+    if command not in _TOOL_IDS:
+        path = shutil.which(command)
+        if path is None:
+            _TOOL_IDS[command] = f"missing: {command}"
+        else:
+            try:
+                out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout
+            except (OSError, subprocess.SubprocessError) as exc:
+                out = f"unknown version ({type(exc).__name__})"
+            lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+            # nvcc's last line names the release and build; a C++ compiler's first line its version.
+            version = (lines[-1] if Path(path).name.startswith("nvcc") else lines[0]) if lines else "unknown version"
+            _TOOL_IDS[command] = f"{os.path.realpath(path)} | {version}"
+    return _TOOL_IDS[command]
+
+
+def cuda_arch_list() -> str:
+    """The CUDA architectures a build targets: TORCH_CUDA_ARCH_LIST, else the visible GPUs' capabilities."""
+    return os.environ.get("TORCH_CUDA_ARCH_LIST") or _cuda_arch_list()
+
+
+def _nvcc() -> str:
+    from torch.utils.cpp_extension import CUDA_HOME
+    return str(Path(CUDA_HOME, "bin", "nvcc")) if CUDA_HOME else "nvcc"
+
+
+def toolchain_key(with_cuda: bool) -> str:
+    """Everything besides the sources that decides what a build produces (part of the build name)."""
+    parts = [f"torch={torch.__version__}", f"py={sys.version_info[:2]}", f"cflags={_CFLAGS}",
+             f"cxx={tool_identity(os.environ.get('CXX', 'c++').split()[0])}"]
+    if with_cuda:
+        parts += [f"cuda={torch.version.cuda}", f"cuda_cflags={_CUDA_CFLAGS}", f"nvcc={tool_identity(_nvcc())}",
+                  f"arch={cuda_arch_list()}"]
+    return ";".join(parts)
+
+
 def build_name(src: Path, with_cuda: bool) -> str:
     h = hashlib.sha256()
-    h.update(f"torch={torch.__version__};cuda={torch.version.cuda if with_cuda else None};"
-             f"py={sys.version_info[:2]};flags={_CFLAGS}{_CUDA_CFLAGS}".encode())
+    h.update(toolchain_key(with_cuda).encode() + b"\0")
     for path in sorted(p for p in src.rglob("*") if p.suffix in _SOURCE_SUFFIXES and p.is_file()):
-        h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+        rel = path.relative_to(src)
+        if rel.parts[0] == "host_shim":   # test-only sources, never part of this build
+            continue
+        h.update(str(rel).encode() + b"\0" + path.read_bytes() + b"\0")
     return f"recapfast_ext_{'cuda' if with_cuda else 'cpu'}_{h.hexdigest()[:16]}"
 
 
@@ -162,11 +216,21 @@ def _cuda_arch_list() -> str:
 
 
 def load() -> BuildState:
-    """Build (if needed) and load the extension once per process; never raises, see STATE.error."""
-    state = STATE
-    if state.attempted:
+    """Build (if needed), load and smoke-test the extension once per process; never raises, see STATE.error.
+
+    Thread-safe: a second thread waits for the first one's attempt and gets its outcome.
+    """
+    with LOCK:
+        state = STATE
+        if not state.attempted:
+            state.attempted = True
+            _load(state)
         return state
-    state.attempted = True
+
+
+def _load(state: BuildState) -> None:
+    from . import _smoke
+
     src = source_dir()
     state.source_dir = str(src)
     try:
@@ -183,10 +247,17 @@ def load() -> BuildState:
             torch.ops.load_library(str(library))      # cached build: no compiler, no ninja
         else:
             _compile(state, src, build_dir)
+        # A library that loads can still fail at its first launch (e.g. built for another GPU): find out
+        # now, while falling back is still possible, rather than in the middle of a user's sweep.
+        _smoke.check(state.with_cuda)
         state.loaded = True
+        say("")   # ends the "compiling ... done" line of a build made now
     except Exception as exc:  # noqa: BLE001 - any failure means "no extension"; the reason is kept and reported
         state.loaded = False
         state.log = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, _smoke.SmokeTestFailed) and exc.__cause__ is not None:
+            import traceback
+            state.log += "\n" + "".join(traceback.format_exception(exc.__cause__))
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         state.error = first if len(first) <= 200 else first[:197] + "..."
         if state.build_dir:
@@ -196,7 +267,6 @@ def load() -> BuildState:
                 state.log_path = str(log_path)
             except OSError:
                 pass
-    return state
 
 
 def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
@@ -212,8 +282,8 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
         (build_dir / _OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
     env_saved = {k: os.environ.get(k) for k in ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST")}
     os.environ.setdefault("MAX_JOBS", "2")
-    if state.with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        os.environ["TORCH_CUDA_ARCH_LIST"] = _cuda_arch_list()
+    if state.with_cuda:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()   # what the build name was keyed on
     verbose = os.environ.get("RECAPFAST_BUILD_VERBOSE", "") not in ("", "0")
     print("recapfast: compiling C++ extension (first use) ...", end="", file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -246,10 +316,10 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
         done.set()
         state.seconds = time.perf_counter() - start
         state.compiled_now = True
-        # On failure the line stays open so that the caller's verdict (fallback or error) ends it: one line.
-        print(f" {'done' if ok else 'failed'} in {state.seconds:.1f}s", end="" if not ok else "\n",
-              file=sys.stderr, flush=True)
-        state.line_open = not ok
+        # The line stays open: the smoke test's success ends it, a failure's verdict (fallback or error)
+        # is appended to it, so a first use prints one line.
+        print(f" {'done' if ok else 'failed'} in {state.seconds:.1f}s", end="", file=sys.stderr, flush=True)
+        state.line_open = True
         for key, value in env_saved.items():
             if value is None:
                 os.environ.pop(key, None)
