@@ -72,6 +72,16 @@ def test_tool_identity_names_path_and_version(tmp_path):
     assert _build.tool_identity(str(tmp_path / "absent")).startswith("missing:")
 
 
+def test_build_name_ignores_the_test_only_host_shim(src_copy):
+    before = _build.build_name(src_copy, False)
+    with open(src_copy / "host_shim" / "cuda_runtime.h", "a") as fh:
+        fh.write("\n// changed\n")
+    assert _build.build_name(src_copy, False) == before
+    with open(src_copy / "cuda" / "perturb_kernels.cuh", "a") as fh:
+        fh.write("\n// changed\n")
+    assert _build.build_name(src_copy, False) != before
+
+
 def test_cuda_build_targets_exactly_the_keyed_architectures(tmp_path, monkeypatch):
     """What the name was keyed on is what the compiler gets (TORCH_CUDA_ARCH_LIST during the build only)."""
     from torch.utils import cpp_extension

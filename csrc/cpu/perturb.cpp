@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "../perturb_common.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -86,18 +88,11 @@ void perturb_range(const in_t* __restrict x, const float* __restrict g, const st
 
 at::Tensor perturb_cpu(const at::Tensor& x, const at::Tensor& grad, at::ArrayRef<double> eps,
                        at::ArrayRef<double> signs, bool quantize) {
-  TORCH_CHECK(eps.size() == signs.size(), "perturb: eps and signs must have the same length, got ", eps.size(),
-              " and ", signs.size());
-  TORCH_CHECK(x.scalar_type() == at::kByte || x.scalar_type() == at::kFloat,
-              "perturb: x must be uint8 or float32, got ", x.scalar_type());
-  TORCH_CHECK(grad.is_floating_point(), "perturb: grad must be a floating tensor, got ", grad.scalar_type());
-  TORCH_CHECK(grad.sizes() == x.sizes(), "perturb: grad shape ", grad.sizes(), " differs from x shape ", x.sizes());
+  perturb_check_arguments(x, grad, eps, signs);
   TORCH_CHECK(x.device().is_cpu() && grad.device().is_cpu(), "perturb_cpu: tensors must be on the CPU");
 
   const int64_t num_eps = static_cast<int64_t>(eps.size());
-  std::vector<int64_t> out_shape{num_eps};
-  out_shape.insert(out_shape.end(), x.sizes().begin(), x.sizes().end());
-  at::Tensor out = at::empty(out_shape, x.options().dtype(quantize ? at::kByte : at::kFloat));
+  at::Tensor out = perturb_empty_output(x, num_eps, quantize);
   const int64_t numel = x.numel();
   if (numel == 0 || num_eps == 0) return out;
 
