@@ -3,7 +3,8 @@ shim (csrc/host_shim/cuda_runtime.h), launched over their whole grid sequentiall
 as the real CUDA ops (csrc/cuda/*_glue.h), held bit for bit to recapfast/ops/reference.py.
 
 No GPU needed: this runs in every CI run. The test-only extension (csrc/host_shim/host_kernels.cpp) is
-built once per session and cached under TORCH_EXTENSIONS_DIR like the main extension.
+built once per session and cached under TORCH_EXTENSIONS_DIR like the main extension, with UBSan's
+alignment check, so a vector access a GPU would fault on fails here too.
 What the shim does not cover: the CUDA compiler's code generation, the device's memory system, and
 the .cu files' device guard / stream / SM-count lines (tests/test_ops.py's CUDA cases, on a GPU).
 """
@@ -17,7 +18,10 @@ import torch
 from recapfast import ops
 from recapfast.ops import _build
 
-SHIM_CFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-strict-aliasing"]
+# -ffp-contract=off: no fused multiply-add (the kernels round like the GPU); -fsanitize=alignment: a
+# misaligned uchar4/float4 access, which a GPU faults on and an x86 CPU silently allows, is reported.
+SHIM_CFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-strict-aliasing", "-fsanitize=alignment"]
+SHIM_LDFLAGS = ["-fsanitize=alignment"]
 BIG_SM = 1 << 20      # an SM count this large makes the launchers pick 64-bit index math
 SM_COUNTS = [0, 1, BIG_SM]   # 0: the launchers' default grid; 1: 8 blocks, long grid-stride loops
 
@@ -31,7 +35,7 @@ def shim_sources():
 
 def shim_build_name() -> str:
     src, files = shim_sources()
-    h = hashlib.sha256(f"{_build.toolchain_key(False)};shim={SHIM_CFLAGS}".encode())
+    h = hashlib.sha256(f"{_build.toolchain_key(False)};shim={SHIM_CFLAGS}{SHIM_LDFLAGS}".encode())
     for path in files:
         h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
     return f"recapfast_host_shim_{h.hexdigest()[:16]}"
@@ -50,9 +54,21 @@ def shim():
         torch.ops.load_library(str(library))
     else:
         cpp_extension.load(name=name, sources=[str(src / "host_shim" / "host_kernels.cpp")],
-                           extra_cflags=SHIM_CFLAGS, extra_include_paths=[str(src / "host_shim"), str(src)],
+                           extra_cflags=SHIM_CFLAGS, extra_ldflags=SHIM_LDFLAGS, extra_include_paths=[str(src / "host_shim"), str(src)],
                            build_directory=str(build_dir), is_python_module=False, verbose=False)
     return torch.ops.recapfast_host_shim
+
+
+@pytest.fixture(autouse=True)
+def no_misaligned_access(capfd):
+    """UBSan (see SHIM_CFLAGS) prints 'runtime error: load of misaligned address ...' on stderr and goes on.
+
+    It reports each source location once per process, so later tests may not see a repeat. A misaligned
+    float4 access can instead crash the process (the compiler uses aligned SSE moves for a 16-byte-aligned
+    type), which fails the run just the same, with faulthandler naming the test."""
+    yield
+    err = capfd.readouterr().err
+    assert "runtime error" not in err, f"misaligned vector access (a GPU would fault):\n{err}"
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
