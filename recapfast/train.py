@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .attacks import eval_mode, input_gradients
-from .checkpoint import save_checkpoint
+from .archs import ARCHS, build
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
 from . import distributed
 from .evaluate import Evaluator
@@ -58,6 +58,8 @@ class TrainConfig:
     size: int = 64
     seed: int = 0
     widths: tuple = DEFAULT_WIDTHS
+    arch: str = "laplacian"         # recapfast.archs: laplacian, bayar, meso4
+    init: str | None = None         # fine-tune: start from this checkpoint (its arch and widths)
 
     def validate(self) -> None:
         checks = [
@@ -71,6 +73,7 @@ class TrainConfig:
                                                  f"got {self.penalty_mode!r}"),
             (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -290,7 +293,7 @@ def train(
         raise DataError(f"{train_dir}: training needs images of both classes ({' and '.join(class_names)})")
     device = torch.device(device)
     torch.manual_seed(config.seed)
-    model = LaplacianCNN(config.widths).to(device)
+    model = _initial_model(config).to(device)
     # Under torchrun: data-parallel over the ranks (README, "Several processes and machines"); one rank is a no-op.
     dist_info = distributed.current()
     if dist_info.enabled:
@@ -343,7 +346,9 @@ def train(
         if s > best_score:
             best_score, best, mark = s, dict(metrics), " (best)"
         if mark and dist_info.is_main:
-            save_checkpoint(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
+            from .zoo import save_model
+
+            save_model(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
                                          "history": history})
         if not dist_info.is_main:
             return
@@ -363,6 +368,8 @@ def train(
             loss.backward()
             distributed.average_gradients_(model)
             optimizer.step()
+            if hasattr(model, "constrain_"):        # e.g. BayarCNN's constrained first layer
+                model.constrain_()
             distributed.average_buffers_(model)
             running.append(loss.detach())   # read (one sync, one all-reduce) only when logging is due
         scheduler.step()
@@ -375,6 +382,19 @@ def train(
     if step == start and not out.exists():
         checkpoint_now(step)
     return TrainResult(out, step, best, history, time.perf_counter() - t0)
+
+
+def _initial_model(config: TrainConfig) -> torch.nn.Module:
+    """A fresh ``config.arch`` model, or (``config.init``) the checkpoint to fine-tune; config takes its arch/widths."""
+    if config.init is None:
+        return build(config.arch, config.widths)
+    from .archs import CONFIG_NAMES
+    from .zoo import load_recapfast
+
+    model = load_recapfast(config.init, "cpu")
+    spec = model.config()
+    config.arch, config.widths = CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+    return model.train()
 
 
 def _plain(value):

@@ -30,7 +30,12 @@ def train_command(
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
-    widths: Annotated[str, typer.Option("--widths", help="Five comma-separated conv widths.")] = "8,16,32,64,128",
+    arch: Annotated[str, typer.Option("--arch", help="laplacian (Yang's LaplacianCNN), bayar (Bayar & Stamm's "
+                                                     "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
+    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
+                                                                   "laplacian 8,16,32,64,128).")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", exists=True, dir_okay=False, help="Fine-tune: start from "
+                                                 "this checkpoint (.safetensors; its arch and widths).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
@@ -38,15 +43,20 @@ def train_command(
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train LaplacianCNN; keeps the best checkpoint by validation (clean + FGSM eps 2 accuracy)."""
+    """Train a detector (LaplacianCNN, or --arch); keeps the best checkpoint by validation (clean + FGSM eps 2)."""
     from ..train import TrainConfig, resume_path, train
 
+    from ..archs import ARCHS, build
+
+    if arch not in ARCHS:
+        raise typer.BadParameter(f"{arch!r}; choose from {', '.join(ARCHS)}", param_hint="--arch")
+    if init is not None and widths is not None:
+        raise typer.BadParameter("--init takes the checkpoint's widths; drop --widths", param_hint="--widths")
     try:
-        width_values = tuple(int(w) for w in widths.split(","))
+        width_values = ARCHS[arch][1] if widths is None else tuple(int(w) for w in widths.split(","))
+        build(arch, width_values)
     except ValueError as err:
-        raise typer.BadParameter(f"{widths!r} is not five comma-separated integers", param_hint="--widths") from err
-    if len(width_values) != 5 or min(width_values) < 1:
-        raise typer.BadParameter(f"{widths!r}: give five positive integers", param_hint="--widths")
+        raise typer.BadParameter(f"{widths!r}: {err}", param_hint="--widths") from err
     from .. import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
 
     dist_info = distributed.init(resolve_device(device))
@@ -57,7 +67,8 @@ def train_command(
     distributed.barrier()
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
                          robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
-                         val_every=val_every, size=size, seed=seed, widths=width_values)
+                         val_every=val_every, size=size, seed=seed, widths=width_values, arch=arch,
+                         init=None if init is None else str(init))
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
