@@ -70,6 +70,12 @@ class EvalResult:
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     iterative: dict = field(default_factory=dict)
     uap: dict | None = None
+    # Filled by recapfast.trust.TrustAccumulator (eval's detection metrics, masking checks, worst case, JPEG).
+    detection: dict | None = None
+    masking: dict | None = None
+    worst_case: dict | None = None
+    jpeg: list | None = None
+    attack_settings: dict = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -107,12 +113,14 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
                  attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
-                 iterative: IterativeConfig | None = None, uap=None):
+                 iterative: IterativeConfig | None = None, uap=None, trust=None):
+        from .trust import EXTRA_ATTACKS, TrustAccumulator, TrustConfig
+
         self.model = model
-        unknown = [a for a in attacks if a not in ATTACKS and a not in ITERATIVE_ATTACKS]
+        unknown = [a for a in attacks if a not in ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(ATTACKS + ITERATIVE_ATTACKS)}")
+                             f"{', '.join(ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)}")
         self.iterative = iterative or IterativeConfig()
         self.uap = uap                 # a recapfast.uap.UAP or None
         self.eps = [float(e) for e in eps]
@@ -136,6 +144,12 @@ class Evaluator:
         self.uap_dist = z(4, dtype=torch.float64)      # sums of L-inf, L2, PSNR (changed patches), SSIM
         self.uap_changed = z(1)
         self.patch_size = 0
+        # apgd/square, detection metrics, masking checks, JPEG survival (recapfast.trust); not a tensor, so
+        # distributed.reduce_evaluator leaves it to its own reduce().
+        if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
+            trust = TrustConfig(detection=False, gradients=False)
+        self.trust = None if trust is None else \
+            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] == 0:
@@ -151,6 +165,8 @@ class Evaluator:
                                    return_images=True, clean_logits=res.clean_logits)
             for part in ("predictions", "linf", "l2", "mse", "images"):
                 getattr(res, part).update(getattr(more, part))
+        if self.trust is not None:
+            self.trust.update(x, y, res)
         onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
         self.per_class += onehot.sum(0)
         clean_ok = res.clean_predictions == y
@@ -233,13 +249,16 @@ class Evaluator:
                          "step_size": 1.0 if c.step_size is None else c.step_size,
                          "pgd_random_start": c.random_start, "pgd_seed": c.seed, "mifgsm_decay": c.decay,
                          "illc_target": "least likely class of the clean image (fixed for all steps)"}
-        return EvalResult(
+        result = EvalResult(
             model=model_name, eps=self.eps, attacks=self.attacks, patch_size=self.patch_size, files=files,
             patches=total, patches_per_class=per_class, clean_correct=clean_total,
             clean_accuracy=ratio(clean_total, total),
             clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
             cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize,
             iterative=iterative, uap=uap)
+        if self.trust is not None:
+            self.trust.finish(result)
+        return result
 
 
 def report_error(path: str, reason: str, stream=None) -> None:
@@ -263,6 +282,7 @@ def evaluate_folder(
     samples=None,
     iterative: IterativeConfig | None = None,
     uap=None,
+    trust=None,
 ) -> EvalResult:
     """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files."""
     samples = discover(root, class_names) if samples is None else samples
@@ -272,7 +292,8 @@ def evaluate_folder(
     dataset = PatchDataset(samples, size, tile)
     device = next(model.parameters()).device
     loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
-    evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap)
+    evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap,
+                          trust=trust)
     evaluator.patch_size = size
     errors, notes, files = [], [], 0
     start = time.perf_counter()
@@ -288,6 +309,8 @@ def evaluate_folder(
         if progress is not None:
             progress(len(batch.files) + len(batch.errors))
     files, errors, notes = distributed.reduce_evaluator(evaluator, files, errors, notes)
+    if evaluator.trust is not None:
+        evaluator.trust.reduce()
     result = evaluator.result(model_name, files, errors, notes)
     result.seconds = distributed.all_reduce_max(time.perf_counter() - start)
     result.class_names = list(class_names)

@@ -64,14 +64,16 @@ def export_adversarial(
     class_names: Sequence[str] = CLASS_NAMES,
     progress: Callable[[int], None] | None = None,
     on_error: Callable[[str, str], None] | None = None,
+    iterative=None,
+    extra=None,
 ) -> ExportResult:
     """Adversarial patches of every file of ``root`` written under ``out`` at the same relative path."""
     from PIL import Image
 
     root, out = Path(root), Path(out)
     labelled = any((root / name).is_dir() for name in class_names)
-    if attack == "fgsm" and not labelled:
-        raise DataError(f"{root}: FGSM needs true labels ({'/ and '.join(class_names)}/ folders)")
+    if attack not in ("llcm", "illc") and not labelled:
+        raise DataError(f"{root}: {attack.upper()} needs true labels ({'/ and '.join(class_names)}/ folders)")
     samples = discover(root, class_names, labelled=labelled)
     loader = make_loader(PatchDataset(samples, size, tile), batch_size, workers)
     device = next(model.parameters()).device
@@ -85,10 +87,16 @@ def export_adversarial(
                 on_error(samples[index].path, reason)
         if batch.x.shape[0]:
             y = batch.y.to(device)
-            res = sweep(model, batch.x.to(device), y if labelled else None, [eps], [attack], return_images=True)
-            images = res.images[attack][0].to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-            preds = res.predictions[attack][0].cpu()
-            clean = res.clean_predictions.cpu()
+            if attack in ("fgsm", "llcm"):
+                res = sweep(model, batch.x.to(device), y if labelled else None, [eps], [attack], return_images=True)
+                adv, preds, clean = res.images[attack][0], res.predictions[attack][0], res.clean_predictions
+            else:                       # iterative, apgd, square (recapfast.trust)
+                from .trust import attack_batch
+
+                adv, preds, clean = attack_batch(model, batch.x.to(device), y if labelled else None, eps, attack,
+                                                 iterative, extra)
+            images = adv.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+            preds, clean = preds.cpu(), clean.cpu()
             ok = preds == batch.y
             if labelled:
                 result.correct += int(ok.sum())
