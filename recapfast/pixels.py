@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Sequence
-
 import torch
 from torch import nn
 
@@ -125,8 +123,9 @@ def pixel_api(fn):
         out = fn(adapted, x.to(torch.float32) * 255.0, *args, **kwargs)
         return _rescale(out)
 
-    wrapper.__doc__ = (fn.__doc__ or "") + ("\n\n    Float input evidently in [0, 1] is rejected unless ``input_range`` "
-                                            "is given (255: pixel units; 1: [0, 1] images and model, result in [0, 1]).")
+    wrapper.__doc__ = (fn.__doc__ or "") + (
+        "\n\n    Float input evidently in [0, 1] is rejected unless ``input_range`` is given (255: pixel units; "
+        "1: [0, 1] images and model, result in [0, 1]).")
     return wrapper
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .apgd import attack_inputs
-from .attacks import eval_mode
+from .attacks import _inference_forward, eval_mode
 from .iterative import _box
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -98,6 +98,7 @@ def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
     compact_every = 1 if device.type == "cpu" else 8
     out = x0.clone()
     with eval_mode(model), torch.no_grad():
+        model = _inference_forward(model, device)                 # channels_last weights on CPU (attacks.py)
         remaining = margin(model(x0), y) > 0                      # misclassified clean: left as they are
         out_margin = torch.full((b,), float("inf"), device=device)
         for _ in range(config.restarts):

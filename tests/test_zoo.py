@@ -13,7 +13,6 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-import recapfast as rf
 from recapfast.cli import app
 from recapfast.zoo import load_detector
 

@@ -65,3 +65,7 @@ def trust_config(apgd_steps: int, apgd_restarts: int, square_queries: int, squar
         raise typer.BadParameter(str(err), param_hint="--jpeg") from err
     return TrustConfig(apgd=APGDConfig(apgd_steps, apgd_restarts, 0.75, seed),
                        square=SquareConfig(square_queries, square_restarts, 0.8, seed), jpeg=qualities, **kwargs)
+
+
+AnyModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust), a .safetensors "
+                                          "checkpoint, a torch.export .pt2 program, or pkg.module:factory.")]

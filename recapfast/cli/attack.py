@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from typing import Optional
-
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
+from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
                    app, parse_attacks, parse_floats, progress_bar, resolve_device, stderr_console)
-from ._models import (ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt, SquareQueriesOpt,
-                      SquareRestartsOpt, StdOpt, WeightsOpt)
+from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
+                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
 
 @app.command("attack")
@@ -27,7 +25,7 @@ def attack_command(
     square_queries: SquareQueriesOpt = 1000,
     square_restarts: SquareRestartsOpt = 1,
     attack_seed: AttackSeedOpt = 0,
-    model: ModelOpt = "baseline",
+    model: AnyModelOpt = "baseline",
     weights: WeightsOpt = None,
     input_range: InputRangeOpt = "255",
     mean: MeanOpt = None,

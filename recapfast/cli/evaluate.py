@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
+from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
                    WorkersOpt, app, check_new_file, parse_floats, progress_bar, resolve_device, stderr_console,
                    write_text_atomic)
-from ._models import (ATTACK_HELP, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
+from ._models import (ATTACK_HELP, AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
                       SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
 
@@ -38,7 +38,7 @@ def eval_command(
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", file_okay=False, help="Also write a tile map of "
                                                     "P(recaptured) as a PNG heatmap per image with >= 2 tiles of "
                                                     "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
-    model: ModelOpt = "baseline",
+    model: AnyModelOpt = "baseline",
     weights: WeightsOpt = None,
     input_range: InputRangeOpt = "255",
     mean: MeanOpt = None,
