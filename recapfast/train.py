@@ -59,7 +59,7 @@ class TrainConfig:
     seed: int = 0
     widths: tuple = DEFAULT_WIDTHS
     arch: str = "laplacian"         # recapfast.archs: laplacian, bayar, meso4
-    init: str | None = None         # fine-tune: start from this checkpoint (its arch and widths)
+    init: str | None = None         # start from this checkpoint's weights (bundled name or .safetensors path)
 
     def validate(self) -> None:
         checks = [
@@ -385,7 +385,8 @@ def train(
 
 
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
-    """A fresh ``config.arch`` model, or (``config.init``) the checkpoint to fine-tune; config takes its arch/widths."""
+    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
+    fine-tune; ``config`` takes its arch and widths."""
     if config.init is None:
         return build(config.arch, config.widths)
     from .archs import CONFIG_NAMES

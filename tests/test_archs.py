@@ -57,6 +57,9 @@ def test_train_archs_keep_the_constraint_and_init_fine_tunes(tmp_path, synth_dir
     assert constraint_error(fine) < 1e-5
     start = load_detector(str(bayar))
     assert any(not torch.equal(a, b) for a, b in zip(fine.state_dict().values(), start.state_dict().values()))
+    bundled = train(tmp_path, synth_dir, "from_bundled", "--init", "baseline")
+    cfg = json.loads(bundled.with_suffix(".json").read_text())
+    assert cfg["model"]["arch"] == "LaplacianCNN" and cfg["training"]["init"] == "baseline"
     r = CliRunner().invoke(app, ["train", str(synth_dir), "--out", str(tmp_path / "x.safetensors"), "--arch", "vgg",
                                  "-q"])
     assert r.exit_code == 1 and "--arch" in r.output

@@ -34,9 +34,9 @@ def train_command(
                                                      "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
     widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
                                                                    "laplacian 8,16,32,64,128).")] = None,
-    init: Annotated[Optional[Path], typer.Option("--init", exists=True, dir_okay=False, help="Fine-tune: start from "
-                                                 "this checkpoint (.safetensors; its arch and widths).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
+    init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
+                                                "or .safetensors), e.g. --robust --init baseline.")] = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 0,
@@ -68,7 +68,7 @@ def train_command(
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
                          robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
                          val_every=val_every, size=size, seed=seed, widths=width_values, arch=arch,
-                         init=None if init is None else str(init))
+                         init=init)
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
