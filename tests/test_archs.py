@@ -35,6 +35,11 @@ def test_shapes_and_constraint_projection():
         build("resnet")
 
 
+def test_bundled_architectures_load():
+    assert isinstance(load_detector("bayar"), BayarCNN) and isinstance(load_detector("meso4"), MesoNet4)
+    assert constraint_error(load_detector("bayar")) < 1e-5
+
+
 def train(tmp_path, data, name, *extra):
     out = tmp_path / f"{name}.safetensors"
     r = CliRunner().invoke(app, ["train", str(data), "--out", str(out), "--iters", "6", "--val-every", "3",
