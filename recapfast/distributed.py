@@ -89,8 +89,11 @@ def rank_device(device: torch.device, info: DistInfo) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group: wait for every rank first (a rank that tears down gloo while another is
+    still in a collective or writing can abort with "terminate called without an active exception")."""
     dist = _dist()
     if dist is not None and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
