@@ -143,7 +143,8 @@ def check_widths(widths, option: str = "--widths", max_parameters: int | None = 
     return tuple(widths)
 
 
-def output_file(path: Path | None, option: str, force: bool = False, resume: bool = False) -> None:
+def output_file(path: Path | None, option: str, force: bool = False, resume: bool = False,
+                resumable: bool = False) -> None:
     """An output file: its folder exists, it is not a folder or symlink, and it is new unless --force/--resume."""
     if path is None:
         return
@@ -157,7 +158,8 @@ def output_file(path: Path | None, option: str, force: bool = False, resume: boo
         raise ArgumentError(f"{option} {path}: folder {parent} does not exist (recapfast creates only the last "
                             f"component of an output path)")
     if path.exists() and not (force or resume):
-        raise ArgumentError(f"{option} {path}: exists (use --force to overwrite)")
+        hint = "use --resume to continue it, or --force to overwrite" if resumable else "use --force to overwrite"
+        raise ArgumentError(f"{option} {path}: exists ({hint})")
 
 
 def output_dir(path: Path, option: str, force: bool = False, resume: bool = False, resumable: bool = False) -> None:

@@ -51,7 +51,7 @@ def screen_command(
     fragile_eps = number(fragile_eps, "--fragile-eps", 0.0, 255.0)
     if resume_by not in ("stat", "sha256"):
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
-    output_file(out, "--out", force, resume)
+    output_file(out, "--out", force, resume, resumable=True)
     output_file(csv_out, "--csv", force, resume)
     dev = resolve_device(device)
     info = distributed.init(dev)
