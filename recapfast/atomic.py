@@ -40,7 +40,7 @@ DISK_ERRNOS = {
     errno.EFBIG: "file too large for the file system",
 }
 TEMP_PREFIX = ".rf-"
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_NOFOLLOW = _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 

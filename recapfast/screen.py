@@ -433,9 +433,8 @@ def repair_and_index(path: Path, resume_by: str) -> tuple[set, int, int]:
                 good_end = 0
             cut = size - good_end
     if cut:
-        with open(path, "r+b") as fh:
+        with atomic.disk_errors(path), os.fdopen(os.open(path, os.O_RDWR | atomic.O_NOFOLLOW), "r+b") as fh:
             fh.truncate(size - cut)
-            fh.flush()
             os.fsync(fh.fileno())
     records = 0
     with open(path, "rb") as fh:

@@ -197,14 +197,22 @@ def test_simulated_disk_full_during_screen_is_one_line_and_resumable(tmp_path, m
     assert len({r["path"] for r in read_jsonl(out)}) == len(read_jsonl(out)) == 12
 
 
-def test_simulated_read_only_checkpoint_write_is_one_line(tmp_path, monkeypatch):
+@pytest.mark.parametrize("code,words", [(errno.EROFS, "read-only file system"), (errno.EACCES, "permission denied"),
+                                        (errno.EDQUOT, "disk quota exceeded"), (errno.ENOSPC, "no space left")])
+def test_simulated_refused_checkpoint_write_is_one_line(tmp_path, monkeypatch, code, words):
+    """Root ignores chmod, so EACCES/EDQUOT are simulated at the open; the old checkpoint stays intact."""
+    path = rf.save_checkpoint(rf.LaplacianCNN((4, 4, 8, 8, 8)), tmp_path / "m.safetensors")
+    before = path.read_bytes(), path.with_suffix(".json").read_bytes()
     real = os.open
 
-    def read_only(path, flags, *a, **k):
+    def refused(name, flags, *a, **k):
         if flags & os.O_CREAT:
-            raise OSError(errno.EROFS, "Read-only file system")
-        return real(path, flags, *a, **k)
+            raise OSError(code, os.strerror(code))
+        return real(name, flags, *a, **k)
 
-    monkeypatch.setattr(atomic.os, "open", read_only)
-    with pytest.raises(atomic.DiskError, match="m.safetensors: read-only file system"):   # names the file
-        rf.save_checkpoint(rf.LaplacianCNN((4, 4, 8, 8, 8)), tmp_path / "m.safetensors")
+    monkeypatch.setattr(atomic.os, "open", refused)
+    with pytest.raises(atomic.DiskError, match=f"m.safetensors: {words}"):      # names the file
+        rf.save_checkpoint(rf.LaplacianCNN((4, 4, 4, 8, 8)), path)
+    monkeypatch.setattr(atomic.os, "open", real)
+    assert (path.read_bytes(), path.with_suffix(".json").read_bytes()) == before
+    assert rf.load_model(path).widths == (4, 4, 8, 8, 8)
