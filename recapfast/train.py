@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from . import atomic
 from .attacks import eval_mode, input_gradients
 from .checkpoint import save_checkpoint
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
@@ -252,9 +253,7 @@ def resume_path(out: Path) -> Path:
 
 
 def _save_resume(path: Path, state: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic.write_file(path, writer=lambda fh: torch.save(state, fh))
 
 
 def train(
@@ -268,6 +267,7 @@ def train(
     class_names: Sequence[str] = CLASS_NAMES,
     log: Callable[[str], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train a LaplacianCNN on a labelled folder; writes OUT (.safetensors, best) + OUT.json + resume state."""
     config.validate()
@@ -313,7 +313,11 @@ def train(
         start, best_score, best, history = state["step"], state["best_score"], state["best"], state["history"]
         log(f"recapfast: resuming {out} at iteration {start}")
     elif out.exists() or state_file.exists():
-        raise DataError(f"--out {out}: exists already (use --resume to continue it, or --force to start over)")
+        if not force:
+            raise DataError(f"--out {out}: exists already (use --resume to continue it, or --force to start over)")
+        if dist_info.is_main:      # --force: only now, after every argument and the data were checked
+            for path in (out, out.with_suffix(".json"), state_file):
+                atomic.remove(path)
     data_info = {"train_dir": str(train_dir), "train_files": len(train_samples), "val_files": len(val_samples),
                  "val_dir": None if val_dir is None else str(val_dir),
                  "manifest_sha256": manifest_hash(train_samples, train_dir)}

@@ -1,6 +1,9 @@
 """recapfast bench: the benchmark suite (`python -m bench`) from the command line.
 
-The suite lives in the source checkout's ``bench/`` folder (it is not part of the wheel).
+The suite lives in the source checkout's ``bench/`` folder; it is not part of the wheel (its
+peers, results and notes belong to the repository).  ``recapfast bench`` finds it next to an
+editable install, or in the current folder when that is a clone (after ``pip install .``, run it
+from the clone's root); anywhere else it stops with one line saying so (exit code 1).
 """
 from __future__ import annotations
 
@@ -14,18 +17,30 @@ from ..errors import UserError
 from ._app import app
 
 
-def _import_bench():
+def _is_suite(folder: Path) -> bool:
+    main = folder / "bench" / "__main__.py"
     try:
-        import bench.__main__ as suite  # noqa: F401
-        return suite
-    except ImportError:
-        root = Path(__file__).resolve().parents[2]
-        if not (root / "bench" / "__main__.py").is_file():
-            raise UserError("the benchmark suite ships with the source checkout (bench/); run `recapfast bench` "
-                            "from a clone of the repository") from None
+        return main.is_file() and "recapfast" in main.read_text(errors="replace")[:4000]
+    except OSError:
+        return False
+
+
+def _import_bench():
+    """recapfast's bench/ package: beside the installed sources (editable install) or in the working folder."""
+    import importlib
+
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        if _is_suite(root):
+            break
+    else:
+        raise UserError("the benchmark suite is not installed with the package (it lives in the repository's "
+                        "bench/ folder): run `recapfast bench` from the root of a clone of recapfast")
+    if str(root) not in sys.path:
         sys.path.insert(0, str(root))
-        import bench.__main__ as suite
-        return suite
+    suite = importlib.import_module("bench.__main__")
+    if not hasattr(suite, "WORKLOADS") or not hasattr(suite, "main"):
+        raise UserError(f"{root / 'bench'}: another package named `bench` shadows recapfast's benchmark suite")
+    return suite
 
 
 @app.command("bench")

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SeedOpt, SizeOpt, app, check_new_file,
-                   parse_attacks, parse_floats, progress_bar, resolve_device, stderr_console, write_text_atomic)
+                   parse_attacks, progress_bar, resolve_device, stderr_console, write_text_atomic)
 
 
 @app.command("transfer")
@@ -21,7 +21,7 @@ def transfer_command(
     xi: Annotated[str, typer.Option("--xi", help="Comma-separated xi of the source's data-free UAPs "
                                                   "('' for none).")] = "5",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
-    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.5, help="Iterative step (grey levels).")]
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
     uap_iters: Annotated[int, typer.Option("--uap-iters", min=1, help="Data-free UAP ascent steps.")] = 100,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the matrix as JSON here.")] = None,
@@ -36,15 +36,17 @@ def transfer_command(
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
     from ..attacks import ATTACKS
     from ..checkpoint import load_model
-    from ..data import discover
+    from ..data import DataError, discover
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
     from ..transfer import transfer_matrix
 
+    from ..lock import lock_outputs
+    from ..validate import check_step_size, parse_eps, parse_xi
+
     attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
-    eps_values = parse_floats(eps, "--eps")
-    xi_values = parse_floats(xi, "--xi") if xi.strip() else []
-    if any(v > 127 for v in xi_values):
-        raise typer.BadParameter(f"{xi!r}: xi is at most 127 grey levels", param_hint="--xi")
+    eps_values = parse_eps(eps, "--eps", True, attacks)
+    xi_values = parse_xi(xi, "--xi", allow_empty=True)
+    step_size = check_step_size(step_size, True)
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
@@ -52,15 +54,18 @@ def transfer_command(
         check_new_file(path, force, option)
     console = stderr_console(quiet)
     dev = resolve_device(device)
-    models = {name: load_model(name, dev) for name in dict.fromkeys([source] + targets)}
-    samples = discover(data)
-    bar, advance = progress_bar(console, len(samples), f"transfer from {source}")
-    with bar:
-        result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values, size=size,
-                                 batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
-                                 uap_iterations=uap_iters, seed=seed, samples=samples, progress=advance)
+    with lock_outputs(json_out, md_out):
+        models = {name: load_model(name, dev) for name in dict.fromkeys([source] + targets)}
+        samples = discover(data)
+        bar, advance = progress_bar(console, len(samples), f"transfer from {source}")
+        with bar:
+            result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values, size=size,
+                                     batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
+                                     uap_iterations=uap_iters, seed=seed, samples=samples, progress=advance)
+        if result.patches == 0:
+            raise DataError(f"{data}: no file could be used (every file was skipped)")
+        if json_out is not None:
+            write_text_atomic(json_out, result.to_json())
+        if md_out is not None:
+            write_text_atomic(md_out, result.to_markdown())
     typer.echo(result.to_markdown())
-    if json_out is not None:
-        write_text_atomic(json_out, result.to_json())
-    if md_out is not None:
-        write_text_atomic(md_out, result.to_markdown())
