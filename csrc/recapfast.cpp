@@ -19,4 +19,7 @@ TORCH_LIBRARY(recapfast, m) {
   m.def("stem_pool(Tensor x, Tensor weight, Tensor bias, bool keep_pre) -> (Tensor, Tensor)");
   // Input gradient of stem_pool for grad_out stacked k times over pre's batch: -> [k*N, Cin, H, W].
   m.def("stem_pool_backward(Tensor grad_out, Tensor pre, Tensor weight) -> Tensor");
+  // Per (k, b, c) plane of adv [K, B, C, H, W] vs x [B, C, H, W]: (SSIM map mean or NaN, sum of squared
+  // differences, max |difference|) as float64 [K, B, C, 3].
+  m.def("adv_metrics(Tensor x, Tensor adv, bool ssim) -> Tensor");
 }

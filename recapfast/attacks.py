@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
+from .metrics import perturbation_stats
 
 ATTACKS = ("fgsm", "llcm")
 # +1: step up the true-label loss (FGSM); -1: step down the least-likely-class loss (LLCM).
@@ -138,7 +139,8 @@ class SweepResult:
     """Per attack x eps predictions of one batch, from one gradient per attack.
 
     ``predictions[attack]`` is [E, B]; ``linf``/``l2``/``mse`` are per-image perturbation
-    norms [E, B] in pixel units; ``images[attack]`` is [E, B, 3, H, W] when requested.
+    norms [E, B] in pixel units and ``ssim`` the per-image SSIM [E, B] (float64; NaN where the
+    ``metrics`` level left them out); ``images[attack]`` is [E, B, 3, H, W] when requested.
     """
 
     eps: list[float]
@@ -148,6 +150,7 @@ class SweepResult:
     l2: dict[str, torch.Tensor]
     mse: dict[str, torch.Tensor]
     images: dict[str, torch.Tensor] = field(default_factory=dict)
+    ssim: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def clean_predictions(self) -> torch.Tensor:
@@ -197,12 +200,14 @@ def sweep(
     quantize: bool = True,
     return_images: bool = False,
     max_forward_batch: int = 1024,
+    metrics: str = "fast",
 ) -> SweepResult:
     """Clean + every (attack, eps) prediction for one batch.
 
-    One forward and one backward per attack give every gradient; ``recapfast.ops.perturb``
-    writes all eps at once; the adversarial forwards of all attacks and eps run batched
-    (chunks of ``max_forward_batch`` images) under ``inference_mode``.
+    One forward and one backward pass give every attack's gradient (:func:`input_gradients`);
+    ``recapfast.ops.perturb`` writes all eps at once; the adversarial forwards of all attacks and
+    eps run batched (chunks of ``max_forward_batch`` images) under ``inference_mode``.
+    ``metrics``: "fast" (L-inf, L2, MSE; default), "full" (and SSIM), "none" (all NaN).
     """
     eps = [float(e) for e in eps]
     attacks = tuple(attacks)
@@ -211,22 +216,19 @@ def sweep(
             raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     x = x.detach()
     clean_logits, grads = input_gradients(model, x, y, attacks)
-    xf = x.to(torch.float32)
     adv = {name: ops.perturb(x, grads[name], eps, [ATTACK_SIGN[name]] * len(eps), quantize) for name in attacks}
     n_eps, batch = len(eps), x.shape[0]
+    # [A * E, B, 3, H, W]: one batched forward pass and one metrics pass for every attack and eps
+    stacked = torch.cat([adv[name] for name in attacks]) if len(attacks) > 1 else adv[attacks[0]] if attacks else \
+        x.new_empty((0, *x.shape), dtype=torch.uint8 if quantize else torch.float32)
     with eval_mode(model), torch.inference_mode():
         if attacks and n_eps and batch:
-            stacked = torch.cat([adv[name] for name in attacks]) if len(attacks) > 1 else adv[attacks[0]]
             logits = _forward_chunks(model, stacked, max_forward_batch).reshape(len(attacks), n_eps, batch, -1)
         else:
             logits = torch.empty((len(attacks), n_eps, batch, 2), device=x.device)
-        predictions, linf, l2, mse = {}, {}, {}, {}
-        for i, name in enumerate(attacks):
-            predictions[name] = logits[i].argmax(dim=-1)
-            delta = (adv[name].to(torch.float32) - xf.unsqueeze(0)).reshape(n_eps, batch, xf[0].numel() if batch else 0)
-            linf[name] = delta.abs().amax(dim=-1) if delta.shape[-1] else delta.new_zeros((n_eps, batch))
-            sq = delta.square().sum(dim=-1)
-            l2[name] = sq.sqrt()
-            mse[name] = sq / max(delta.shape[-1], 1)
+    stats = {key: value.reshape(len(attacks), n_eps, batch)
+             for key, value in perturbation_stats(x, stacked, metrics).items()}
+    part = lambda key: {name: stats[key][i] for i, name in enumerate(attacks)}  # noqa: E731
     images = {name: adv[name] for name in attacks} if return_images else {}
-    return SweepResult(eps, clean_logits, predictions, linf, l2, mse, images)
+    return SweepResult(eps, clean_logits, {name: logits[i].argmax(dim=-1) for i, name in enumerate(attacks)},
+                       part("linf"), part("l2"), part("mse"), images, part("ssim"))

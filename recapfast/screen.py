@@ -36,10 +36,11 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .runtime import settings as runtime_settings
 from . import atomic, imagehead, validate
 from . import distributed as dist_helpers
 from .atomic import OutputError
-from .attacks import ATTACK_SIGN, ATTACKS, eval_mode, input_gradients
+from .attacks import ATTACK_SIGN, ATTACKS, _forward_chunks, eval_mode, input_gradients
 from .data import IMAGE_EXTENSIONS, DataError, DecodeError, decode, to_patches
 from .lock import lock_outputs
 from . import ops
@@ -58,7 +59,7 @@ class ScreenConfig:
     max_pixels: int = 50_000_000
     batch_size: int = 32              # files per batch (one fsync per batch)
     max_batch_tiles: int = 2048       # a batch also ends once it holds this many tiles
-    probe_chunk: int = 256            # tiles per gradient/adversarial forward chunk
+    probe_chunk: int = 128            # tiles per gradient/adversarial forward chunk (one sweep)
     tile_map_inline: int = 256        # tile maps with more tiles go to a side file
     workers: int = 0
     resume_by: str = "stat"           # "stat": (path, size, mtime); "sha256": file content
@@ -324,13 +325,12 @@ def iter_items(stream: FileStream, workers: int) -> Iterator[FileItem]:
 # ----------------------------------------------------------------------------- the model part
 
 def _probabilities(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """p(recaptured) of each tile, float64 [N]."""
-    out = []
+    """p(recaptured) of each tile, float64 [N] (pure forwards in chunks; the fast path for a LaplacianCNN)."""
+    if x.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64, device=x.device)
     with eval_mode(model), torch.inference_mode():
-        for i in range(0, x.shape[0], chunk):
-            logits = model(x[i:i + chunk].to(torch.float32))
-            out.append(torch.softmax(logits.float(), dim=1)[:, 1].double())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=x.device)
+        logits = _forward_chunks(model, x, chunk)
+        return torch.softmax(logits.float(), dim=1)[:, 1].double()
 
 
 def screen_batch(model: nn.Module, items: list[FileItem], config: ScreenConfig, device: torch.device) -> list[dict]:
@@ -491,6 +491,7 @@ def summarize(path: Path, processed: int, skipped: int, seconds: float, tiles: i
             "images_per_second": round(processed / seconds, 2) if seconds > 0 else None,
             "tiles_per_second": round(tiles / seconds, 2) if seconds > 0 else None,
             "ranks": world,
+            "compute": runtime_settings(),
         },
         "settings": {"size": config.size, "threshold": config.threshold, "probe_eps": list(config.probe_eps),
                      "attacks": list(config.attacks), "fragile_eps": config.fragile_eps,

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from . import atomic
 from .attacks import eval_mode, input_gradients
+from .runtime import settings as runtime_settings
 from .checkpoint import save_checkpoint
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
 from . import distributed
@@ -342,7 +343,7 @@ def train(
             best_score, best, mark = s, dict(metrics), " (best)"
         if mark and dist_info.is_main:
             save_checkpoint(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
-                                         "history": history})
+                                         "history": history, "compute": runtime_settings()})
         if not dist_info.is_main:
             return
         log(f"iter {step}: loss {metrics['loss']:.4f}  val clean {100 * metrics['clean_accuracy']:.1f}%  "

@@ -224,3 +224,51 @@ def test_input_gradients_leave_parameters_and_bn_untouched(op_backend):
     assert model.training
     assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# ---- perturbation metrics (adv_metrics) --------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(10, 4, 3, 64, 64), (3, 2, 3, 13, 17), (2, 2, 3, 11, 11), (2, 3, 3, 8, 30),
+                                   (4, 2, 3, 37, 45), (1, 1, 3, 11, 40)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_adv_metrics_match_reference(isa, shape, dtype):
+    k, b, c, h, w = shape
+    gen = torch.Generator().manual_seed(h * w)
+    x = torch.randint(0, 256, (b, c, h, w), generator=gen).to(dtype)
+    adv = (x.unsqueeze(0).float() + torch.randint(-5, 6, (k, b, c, h, w), generator=gen)).clamp(0, 255).to(dtype)
+    adv[0, 0] = x[0]                                                   # one untouched image: SSIM 1, norms 0
+    got = ops.adv_metrics(x, adv)
+    want = R.adv_metrics_reference(x, adv)
+    assert torch.equal(got[..., 1:], want[..., 1:])                   # sums of squares and L-inf: exact
+    assert torch.equal(got[..., 0].isnan(), want[..., 0].isnan())
+    assert (got[..., 0] - want[..., 0]).nan_to_num(0).abs().max() < 1e-6
+    assert got[0, 0, 1] == 0 and got[0, 0, 2] == 0
+    if h >= 11 and w >= 11:
+        assert abs(float(got[0, 0, 0]) - 1.0) < 1e-6
+    fast = ops.adv_metrics(x, adv, ssim=False)
+    assert fast[..., 0].isnan().all() and torch.equal(fast[..., 1:], got[..., 1:])
+
+
+def test_adv_metrics_equal_the_metric_functions(isa):
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    adv = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    stats = rf.metrics.perturbation_stats(x, adv, "full")
+    for i in range(2):
+        assert (stats["ssim"][i] - rf.ssim(adv[i], x)).abs().max() < 1e-5
+        assert torch.allclose(stats["linf"][i].double(), rf.metrics.linf(adv[i], x))
+        assert torch.allclose(stats["l2"][i].double(), rf.metrics.l2(adv[i], x))
+        assert torch.allclose(10 * torch.log10(255.0 ** 2 / stats["mse"][i].double()), rf.psnr(adv[i], x))
+    none = rf.metrics.perturbation_stats(x, adv, "none")
+    assert all(v.isnan().all() for v in none.values())
+    with pytest.raises(ValueError, match="metrics"):
+        rf.metrics.perturbation_stats(x, adv, "some")
+
+
+def test_adv_metrics_nan_pixels_give_nan_linf(isa):
+    x = torch.zeros(1, 3, 12, 12)
+    adv = torch.zeros(1, 1, 3, 12, 12)
+    adv[0, 0, 1, 3, 3] = float("nan")
+    got, want = ops.adv_metrics(x, adv), R.adv_metrics_reference(x, adv)
+    assert got[0, 0, 2].isnan() and want[0, 0, 2].isnan()
+    assert got[0, 0, 1].isnan() and want[0, 0, 1].isnan()

@@ -104,6 +104,9 @@ def _root(
     backend: Annotated[Optional[str], typer.Option(
         "--backend", help="Op backend: auto (extension if it builds, else PyTorch), ext, torch. "
                           "Default: $RECAPFAST_BACKEND or auto.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="Torch intra-op threads. Default: $RECAPFAST_THREADS, else the cores the 1-minute "
+                          "load average leaves free (at least 1); recorded in result files.")] = None,
 ) -> None:
     """recapfast command line."""
     if backend is not None:
@@ -113,6 +116,12 @@ def _root(
             ops.set_backend(backend)
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="--backend") from err
+    from .. import runtime
+
+    try:
+        runtime.apply_threads(threads)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--threads") from err
 
 
 # Option aliases shared by the commands.

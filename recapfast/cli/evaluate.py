@@ -29,6 +29,8 @@ def eval_command(
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", file_okay=False, help="Also write a tile map of "
                                                     "P(recaptured) as a PNG heatmap per image with >= 2 tiles of "
                                                     "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", help="Perturbation metrics per attack and eps: full "
+                                         "(L-inf, L2, PSNR, SSIM), fast (no SSIM), none (accuracy only).")] = "full",
     model: ModelOpt = "baseline",
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
@@ -51,6 +53,10 @@ def eval_command(
     from ..lock import lock_outputs
     from ..validate import check_step_size, output_dir, parse_eps
 
+    from ..metrics import METRIC_LEVELS
+
+    if metrics not in METRIC_LEVELS:
+        raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
     attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
     eps_values = parse_eps(eps, "--eps", quantize, attacks)
     step_size = check_step_size(step_size, quantize)
@@ -78,7 +84,7 @@ def eval_command(
             result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
                                      workers=workers, quantize=quantize, model_name=model, progress=advance,
                                      on_error=None if quiet else on_error, samples=samples, iterative=iterative,
-                                     uap=universal)
+                                     uap=universal, metrics=metrics)
         distributed.shutdown()
         if result.files == 0:
             first = f" (first: {result.errors[0]['path']}: {result.errors[0]['error']})" if result.errors else ""

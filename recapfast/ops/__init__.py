@@ -20,7 +20,8 @@ import torch
 
 from . import _build
 from .reference import (laplace_conv_reference, laplacian, perturb_reference, relu_pool_backward_reference,
-                        relu_pool_reference, stem_pool_backward_reference, stem_pool_reference)
+                        relu_pool_reference, stem_pool_backward_reference, stem_pool_reference,
+                        adv_metrics_reference)
 
 _VALID = ("auto", "ext", "torch")
 _requested: str | None = None
@@ -166,6 +167,21 @@ def stem_pool_backward(grad_out: torch.Tensor, pre: torch.Tensor, weight: torch.
     return stem_pool_backward_reference(grad_out, pre, weight)
 
 
+def adv_metrics(x: torch.Tensor, adv: torch.Tensor, ssim: bool = True) -> torch.Tensor:
+    """(SSIM, sum of squared differences, max |difference|) of every adversarial image: float64 [K, B, 3].
+
+    x [B, C, H, W] and adv [K, B, C, H, W], uint8 or float32 pixels; SSIM as recapfast.metrics.ssim
+    (NaN below 11x11 or when ``ssim`` is false). The clean image's local statistics are filtered once
+    for all K adversarial versions (see csrc/cpu/adv_metrics.cpp).
+    """
+    if (x.dim() == 4 and adv.dim() == 5 and x.shape[1] and x.dtype in (torch.uint8, torch.float32)
+            and adv.dtype in (torch.uint8, torch.float32) and adv.device == x.device
+            and _ext_serves(x, cuda_kernel=False)):
+        planes = torch.ops.recapfast.adv_metrics(x, adv, bool(ssim))             # [K, B, C, 3]
+        return torch.stack([planes[..., 0].mean(-1), planes[..., 1].sum(-1), planes[..., 2].amax(-1)], -1)
+    return adv_metrics_reference(x, adv, ssim)
+
+
 def doctor_info(build: bool = True) -> dict:
     """Everything `recapfast doctor` prints: versions, toolchain, requested/active backend and why.
 
@@ -230,5 +246,5 @@ def doctor_info(build: bool = True) -> dict:
     return info
 
 
-__all__ = ["perturb", "laplace_conv", "laplacian", "relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "set_backend", "active_backend", "requested_backend",
+__all__ = ["perturb", "laplace_conv", "laplacian", "relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "adv_metrics", "set_backend", "active_backend", "requested_backend",
            "perturb_reference", "laplace_conv_reference", "doctor_info"]

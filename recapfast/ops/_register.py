@@ -64,6 +64,11 @@ def _stem_pool_backward_fake(grad_out, pre, weight):
     return pre.new_empty((grad_out.shape[0], weight.shape[1], pre.shape[2], pre.shape[3]))
 
 
+def _adv_metrics_fake(x, adv, ssim):
+    torch._check(x.dim() == 4 and adv.dim() == 5, lambda: "adv_metrics: x [B, C, H, W] and adv [K, B, C, H, W]")
+    return x.new_empty((adv.shape[0], x.shape[0], x.shape[1], 3), dtype=torch.float64)
+
+
 def _laplace_conv_setup(ctx, inputs, output):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
@@ -119,6 +124,7 @@ def register() -> None:
     lib.register_fake("recapfast::relu_pool_backward")(_relu_pool_backward_fake)
     lib.register_fake("recapfast::stem_pool")(_stem_pool_fake)
     lib.register_fake("recapfast::stem_pool_backward")(_stem_pool_backward_fake)
+    lib.register_fake("recapfast::adv_metrics")(_adv_metrics_fake)
     lib.register_autograd("recapfast::laplace_conv", _laplace_conv_bwd, setup_context=_laplace_conv_setup)
     lib.register_autograd("recapfast::laplace_conv_backward", _laplace_conv_backward_bwd,
                           setup_context=_laplace_conv_backward_setup)

@@ -101,3 +101,22 @@ def stem_pool_backward_reference(grad_out: torch.Tensor, pre: torch.Tensor, weig
     """Input gradient of :func:`stem_pool_reference` for grad_out stacked k times over pre's batch."""
     grad_pre = relu_pool_backward_reference(grad_out, pre)
     return laplacian(F.conv_transpose2d(grad_pre, weight.to(grad_pre.dtype), padding=1))
+
+
+def adv_metrics_reference(x: torch.Tensor, adv: torch.Tensor, ssim: bool = True) -> torch.Tensor:
+    """Per image k, b of adv [K, B, C, H, W] against x [B, C, H, W]: (SSIM, sum of squared differences,
+    max |difference|) as float64 [K, B, 3], in pixel units. SSIM is recapfast.metrics.ssim in float32
+    (NaN below 11x11 or when ``ssim`` is false)."""
+    from ..metrics import ssim as ssim_metric
+
+    k, b = adv.shape[0], x.shape[0]
+    out = torch.full((k, b, 3), float("nan"), dtype=torch.float64, device=x.device)
+    xd = x.to(torch.float64)
+    for i in range(k):
+        diff = (adv[i].to(torch.float64) - xd).flatten(1)
+        out[i, :, 1] = diff.square().sum(1)
+        if diff.shape[1]:
+            out[i, :, 2] = diff.abs().amax(1)
+        if ssim:
+            out[i, :, 0] = ssim_metric(adv[i], x, dtype=torch.float32)
+    return out
