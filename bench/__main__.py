@@ -1,10 +1,10 @@
-"""recapfast benchmark suite: recapfast vs torchattacks, foolbox and ART on the same model and images.
+"""recapfast benchmark suite: recapfast vs a skilled 20-line PyTorch script, torchattacks, foolbox and ART.
 
-    python -m bench [--quick | --full] [--only eval-sweep,scaling,train-step,data-pipeline,kernels]
-    recapfast bench ...          (the same suite)
+    python -m bench [--quick | --full] [--only WORKLOADS] [--threads 1,2] [--contenders ...]
+    recapfast bench ...          (the same suite, from a source checkout)
 
-Writes bench/results/<machine>.json and .md (see bench/NOTES.md for the method and the
-performance work; `python -m bench.readme` prints the README table from the committed file).
+Writes bench/results/<machine>.json and .md (method and the performance work: bench/NOTES.md;
+`python -m bench.readme` prints the README section from the committed file).
 """
 from __future__ import annotations
 
@@ -20,49 +20,55 @@ import torch
 from . import common
 from .common import log
 
-WORKLOADS = ("eval-sweep", "scaling", "train-step", "data-pipeline", "kernels")
+WORKLOADS = ("eval-sweep", "scaling", "train-step", "screen-probe", "floor", "data-pipeline", "kernels")
 
 
 def plan(mode: str) -> dict:
     if mode == "quick":
-        # Sized for a shared 2-core machine: the 256 px folder is one batch of 8 images.
-        return {"sizes": (64, 128, 256), "counts": {64: 64, 128: 16, 256: 8}, "batch": {64: 64, 128: 16, 256: 8},
-                "reps": 3, "scaling_reps": 3, "scaling_batch": 16, "train_reps": 5, "robust_iters": 20,
-                "pipeline": {64: (300, 11), 256: (16, 2024)}, "kernel_sizes": (64,), "kernel_reps": 3}
+        # Sized for a shared 2-core machine: about 15-25 minutes with every peer installed.
+        return {"sizes": (64, 256), "counts": {64: 128, 256: 16}, "batch": {64: 64, 256: 8}, "reps": 7,
+                "scaling_reps": 7, "scaling_batch": 32, "train_reps": 7, "robust_iters": 20, "screen_reps": 7,
+                "screen_count": 16, "floor_sizes": (64, 256), "floor_reps": 7,
+                "pipeline": {64: (300, 11), 256: (16, 2024)}, "kernel_sizes": (64,), "kernel_reps": 7}
     if mode == "full":
         return {"sizes": (64, 128, 256, 512), "counts": {64: 512, 128: 256, 256: 128, 512: 32},
-                "batch": {64: 64, 128: 64, 256: 32, 512: 8}, "reps": 5, "scaling_reps": 5, "scaling_batch": 64,
-                "train_reps": 9, "robust_iters": 300, "pipeline": {64: (300, 11), 256: (64, 2024)},
-                "kernel_sizes": (64, 256, 512), "kernel_reps": 7}
+                "batch": {64: 64, 128: 64, 256: 32, 512: 8}, "reps": 9, "scaling_reps": 9, "scaling_batch": 64,
+                "train_reps": 9, "robust_iters": 300, "screen_reps": 9, "screen_count": 64,
+                "floor_sizes": (64, 256, 512), "floor_reps": 9, "pipeline": {64: (300, 11), 256: (64, 2024)},
+                "kernel_sizes": (64, 256, 512), "kernel_reps": 9}
     return {"sizes": (64, 128, 256), "counts": {64: 256, 128: 128, 256: 64}, "batch": {64: 64, 128: 64, 256: 32},
-            "reps": 3, "scaling_reps": 3, "scaling_batch": 64, "train_reps": 7, "robust_iters": 100,
-            "pipeline": {64: (300, 11), 256: (64, 2024)}, "kernel_sizes": (64, 256), "kernel_reps": 5}
+            "reps": 7, "scaling_reps": 7, "scaling_batch": 64, "train_reps": 7, "robust_iters": 100,
+            "screen_reps": 7, "screen_count": 32, "floor_sizes": (64, 256), "floor_reps": 7,
+            "pipeline": {64: (300, 11), 256: (64, 2024)}, "kernel_sizes": (64, 256), "kernel_reps": 7}
 
 
-def kernels_workload(sizes, reps: int) -> dict:
+def kernels_workload(sizes, reps: int, threads: int) -> dict:
     from recapfast import ops
 
     from .kernels import cases, timeit_pair
 
-    ops.set_backend("ext")
-    ops.active_backend()
     rows = []
-    for size in sizes:
-        batch = 64 if size <= 256 else 16
-        for name, ext_fn, ref_fn in cases(size, batch, "cpu"):
-            t_ext, t_ref = timeit_pair(ext_fn, ref_fn, reps, "cpu")
-            rows.append({"op": name, "size": size, "batch": batch, "ext_ms": round(t_ext * 1e3, 3),
-                         "torch_ms": round(t_ref * 1e3, 3), "speedup": round(t_ref / t_ext, 2)})
-            log(f"  kernels {name:30s} {size}px x{t_ref / t_ext:5.2f}")
-    return {"reps": reps, "rows": rows}
+    with common.contender_settings("ext", threads):
+        ops.active_backend()
+        for size in sizes:
+            batch = 64 if size <= 256 else 16
+            for name, ext_fn, ref_fn in cases(size, batch, "cpu"):
+                t_ext, t_ref = timeit_pair(ext_fn, ref_fn, reps, "cpu")
+                rows.append({"op": name, "size": size, "batch": batch, "ext_ms": round(t_ext * 1e3, 3),
+                             "torch_ms": round(t_ref * 1e3, 3), "speedup": round(t_ref / t_ext, 2)})
+                log(f"  kernels {name:30s} {size}px x{t_ref / t_ext:5.2f}")
+    return {"reps": reps, "threads": threads, "rows": rows}
 
 
-def run_suite(mode: str = "default", only=None, threads: int | None = None, model_path: str | None = None,
+def run_suite(mode: str = "default", only=None, threads=None, model_path: str | None = None,
               out_dir: Path | None = None, contender_names=None, stamp: bool = True,
               sizes=None) -> tuple[dict, Path]:
+    """Run the workloads and write the results; ``threads``: the thread counts of the eval sweep (the first one
+    is used by every other workload and by the README)."""
     from recapfast import ops
+    from recapfast.atomic import write_text
 
-    from . import data_pipeline, eval_sweep, peers, scaling, train_step
+    from . import data_pipeline, eval_sweep, floor, peers, scaling, screen_probe, train_step
     from .report import markdown
 
     only = list(only or WORKLOADS)
@@ -75,15 +81,18 @@ def run_suite(mode: str = "default", only=None, threads: int | None = None, mode
         if bad_sizes:
             raise ValueError(f"bench: --sizes {bad_sizes} not in the {mode} plan ({', '.join(map(str, p['sizes']))})")
         p = dict(p, sizes=tuple(sizes))
-    n_threads = common.choose_threads(threads)
-    torch.set_num_threads(n_threads)
+    cores = os.cpu_count() or 1
+    threads = list(threads or sorted({1, cores}))
+    if any(t < 1 for t in threads):
+        raise ValueError(f"bench: --threads must be positive integers, got {threads}")
+    main_threads = threads[0]
     torch.manual_seed(0)
-    meta = common.machine_meta("cpu", n_threads, mode)
-    log(f"bench: {meta['machine']}, {meta['cores']} cores, {n_threads} torch threads, load {meta['load_avg_1min_at_start']}, "
+    meta = common.machine_meta("cpu", threads, mode)
+    log(f"bench: {meta['machine']}, {meta['cores']} cores, threads {threads}, load {meta['load_avg_1min_at_start']}, "
         f"mode {mode}")
     try:
-        ops.set_backend("ext")
-        ops.active_backend()
+        with common.contender_settings("ext", main_threads):
+            ops.active_backend()
         ext_error = None
     except RuntimeError as err:
         ext_error = str(err).splitlines()[0]
@@ -92,64 +101,70 @@ def run_suite(mode: str = "default", only=None, threads: int | None = None, mode
         for c in cont:
             if c.name == "recapfast-ext":
                 c.missing = f"C++ extension unavailable: {ext_error}"
-    missing = [c for c in cont if not c.available]
-    for c in missing:
-        log(f"bench: {c.label}: MISSING ({c.missing}); install: {peers.PEER_INSTALL}")
+    for c in cont:
+        if not c.available:
+            log(f"bench: {c.label}: MISSING ({c.missing}); install: {peers.PEER_INSTALL}")
     model, model_info = common.get_model(model_path)
-    results = {"meta": meta, "model": model_info, "plan": {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()})
-                                                            for k, v in p.items()},
-               "contenders": [{"name": c.name, "label": c.label, "version": c.version,
+    results = {"meta": meta, "model": model_info,
+               "plan": {k: (v if not isinstance(v, dict) else {str(a): b for a, b in v.items()}) for k, v in p.items()},
+               "contenders": [{"name": c.name, "label": c.label, "version": c.version, "backend": c.backend,
                                "status": "ok" if c.available else "missing", "missing_reason": c.missing,
                                "llcm": c.has_llcm, "notes": c.notes} for c in cont],
                "peer_install": peers.PEER_INSTALL, "workloads": {}}
+    w = results["workloads"]
     t0 = time.perf_counter()
     if "eval-sweep" in only:
-        results["workloads"]["eval_sweep"] = eval_sweep.run(model, cont, p["sizes"], p["counts"], p["batch"], p["reps"])
+        w["eval_sweep"] = eval_sweep.run(model, cont, p["sizes"], p["counts"], p["batch"], p["reps"], threads=threads)
     if "scaling" in only:
-        results["workloads"]["scaling"] = scaling.run(model, cont, p["scaling_reps"], batch=p["scaling_batch"],
-                                                      **p.get("scaling_args", {}))
+        w["scaling"] = scaling.run(model, cont, p["scaling_reps"], batch=p["scaling_batch"], threads=main_threads,
+                                   **p.get("scaling_args", {}))
     if "train-step" in only:
-        ops.set_backend("ext" if not ext_error else "torch")
-        results["workloads"]["train_step"] = train_step.timing(model, p["train_reps"], **p.get("train_args", {}))
-        results["workloads"]["train_step"]["backend"] = ops.active_backend()
+        w["train_step"] = train_step.timing(model, p["train_reps"], threads=main_threads, **p.get("train_args", {}))
         if p["robust_iters"]:
-            results["workloads"]["train_robustness"] = train_step.robustness(model, p["robust_iters"],
-                                                                              **p.get("robust_args", {}))
+            w["train_robustness"] = train_step.robustness(model, p["robust_iters"], **p.get("robust_args", {}))
+    if "screen-probe" in only:
+        w["screen_probe"] = screen_probe.run(model, p["screen_reps"], count=p["screen_count"], threads=main_threads,
+                                             **p.get("screen_args", {}))
+    if "floor" in only:
+        w["floor"] = floor.run(model, p["floor_sizes"], p["floor_reps"], threads=main_threads)
     if "data-pipeline" in only:
-        results["workloads"]["data_pipeline"] = data_pipeline.run(p["pipeline"], p["reps"])
-    if "kernels" in only and not ext_error:
-        results["workloads"]["kernels"] = kernels_workload(p["kernel_sizes"], p["kernel_reps"])
+        w["data_pipeline"] = data_pipeline.run(p["pipeline"], p["reps"])
+    if "kernels" in only and not ext_error and p["kernel_sizes"]:
+        w["kernels"] = kernels_workload(p["kernel_sizes"], p["kernel_reps"], main_threads)
     meta["seconds_total"] = round(time.perf_counter() - t0, 1)
     meta["load_avg_1min_at_end"] = common.load_average()
     out_dir = Path(out_dir or common.RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = meta["slug"] if stamp else "bench"
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    (out_dir / f"{stem}.md").write_text(markdown(results))
+    write_text(json_path, json.dumps(results, indent=1) + "\n")
+    write_text(json_path.with_suffix(".md"), markdown(results))
     log(f"bench: wrote {json_path} and {json_path.with_suffix('.md')} in {meta['seconds_total']:.0f} s")
     return results, json_path
+
+
+def parse_list(text: str | None, cast=str) -> list | None:
+    return [cast(v.strip()) for v in text.split(",") if v.strip()] if text else None
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a few minutes on 2 CPU cores")
+    size.add_argument("--quick", action="store_true", help="about 15-25 minutes on 2 CPU cores")
     size.add_argument("--full", action="store_true", help="more images, 512 px, more repetitions")
     parser.add_argument("--only", default=None, help=f"comma-separated workloads ({', '.join(WORKLOADS)})")
     parser.add_argument("--contenders", default=None, help="comma-separated contender names (default: all)")
     parser.add_argument("--sizes", default=None, help="comma-separated eval-sweep image sizes (default: the mode's)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: cores, or 1 when the "
-                                                                  "machine is oversubscribed)")
+    parser.add_argument("--threads", default=None, help="comma-separated torch thread counts for the eval sweep "
+                                                        "(default: 1 and the core count); the first is used "
+                                                        "by the other workloads and reported in the README")
     parser.add_argument("--model", default=None, help="a .safetensors model (default: bundled baseline)")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
-    split = (lambda s: [v.strip() for v in s.split(",") if v.strip()] if s else None)
     try:
-        sizes = tuple(int(v) for v in split(args.sizes)) if args.sizes else None
-        results, path = run_suite(mode, split(args.only), args.threads, args.model, args.out, split(args.contenders),
-                                  sizes=sizes)
+        results, path = run_suite(mode, parse_list(args.only), parse_list(args.threads, int), args.model, args.out,
+                                  parse_list(args.contenders), sizes=parse_list(args.sizes, int))
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,12 +1,15 @@
-"""Shared machinery of the benchmark suite: machine description, alternating timers, data, model.
+"""Shared machinery of the benchmark suite: machine description, per-contender settings, timers, data, model.
 
-Timing policy (ARCHITECTURE.md, "Testing and measuring"): every workload runs all contenders in
-the same process on the same inputs; within a repetition the contenders run one after the other
-in a rotating order, so background load hits them alike; the statistic is the median; ratios
-are taken between contenders of the same run.
+Timing policy (docs/architecture.md, "Measuring"): every workload runs all contenders in the same
+process on the same inputs; within a repetition the contenders run one after the other in a rotating
+order, so background load hits them alike. Each run records CPU time (``time.process_time``: this
+process only, all its threads) and wall time; the statistic is the median of >= 7 repetitions, and
+ratios are taken between CPU-time medians of contenders of the same run. Every contender runs inside
+:func:`contender_settings`, which sets its op backend and torch thread count and restores both.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
@@ -40,6 +43,7 @@ def cache_dir() -> Path:
 
 
 def git_commit() -> str:
+    """HEAD's hash, with "+dirty" when tracked files differ from it (what was measured is then not HEAD)."""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         commit = out.stdout.strip()
@@ -54,26 +58,28 @@ def load_average() -> float | None:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def choose_threads(requested: int | None) -> int:
-    """Torch intra-op threads: as asked, else all cores on an idle machine and 1 on a busy one.
+@contextlib.contextmanager
+def contender_settings(backend: str | None, threads: int):
+    """Run with this op backend ('ext', 'torch', 'auto'; None: leave it) and torch thread count, then restore."""
+    from recapfast import ops
 
-    On an oversubscribed machine (1-min load above the core count) oneDNN's spinning threads
-    lose their cores to other processes and a 2-thread forward can be 10x slower than a
-    1-thread one (measured on the shared 2-core dev box), so the default adapts; it is recorded.
-    """
-    if requested:
-        return int(requested)
-    cores = os.cpu_count() or 1
-    load = load_average() or 0.0
-    return 1 if load > cores else cores
+    saved_backend, saved_threads = ops._requested, torch.get_num_threads()
+    if backend is not None:
+        ops.set_backend(backend)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        ops.set_backend(saved_backend)
+        torch.set_num_threads(saved_threads)
 
 
-def machine_meta(device: str, threads: int, mode: str) -> dict:
+def machine_meta(device: str, threads: list[int], mode: str) -> dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {
         "machine": cpu_model() if device == "cpu" else torch.cuda.get_device_name(0),
         "slug": machine_slug(device),
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": threads, "device": device,
+        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": list(threads), "device": device,
         "gpu": gpus[0] if gpus else None,
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -82,36 +88,51 @@ def machine_meta(device: str, threads: int, mode: str) -> dict:
     }
 
 
-def timed(fn: Callable[[], object], device: str = "cpu") -> float:
+def timed(fn: Callable[[], object], device: str = "cpu") -> tuple[float, float, float]:
+    """(CPU seconds of this process, wall seconds, system-CPU seconds) of one call."""
     if device == "cuda":
         torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    s0, c0, w0 = os.times().system, time.process_time(), time.perf_counter()
     fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    return time.process_time() - c0, time.perf_counter() - w0, os.times().system - s0
 
 
 def alternate(fns: dict[str, Callable[[], object]], reps: int, device: str = "cpu",
-              warmup: dict[str, Callable[[], object]] | None = None) -> dict[str, list[float]]:
-    """Seconds of ``reps`` runs of each function; round r starts at contender r (rotating order).
+              warmup: dict[str, Callable[[], object]] | None = None) -> dict[str, dict[str, list[float]]]:
+    """CPU and wall seconds of ``reps`` runs of each function; round r starts at contender r (rotating order).
 
     ``warmup`` (default: the functions themselves) runs once each first and is not timed
     (oneDNN primitive creation, allocator growth, lazy imports).
     """
-    for fn in (warmup or fns).values():
+    for fn in (warmup if warmup is not None else fns).values():
         fn()
     names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, dict[str, list[float]]] = {n: {"cpu": [], "wall": [], "sys": []} for n in names}
     for r in range(reps):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
-            times[name].append(timed(fns[name], device))
+            cpu, wall, system = timed(fns[name], device)
+            times[name]["cpu"].append(cpu)
+            times[name]["wall"].append(wall)
+            times[name]["sys"].append(system)
     return times
 
 
 def median(values) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+def summary(samples: dict[str, list[float]], items: int | None = None) -> dict:
+    """Medians (and all samples) of one contender's CPU and wall seconds; items/s from both."""
+    cpu, wall = median(samples["cpu"]), median(samples["wall"])
+    out = {"cpu_s": round(cpu, 4), "wall_s": round(wall, 4), "sys_s": round(median(samples.get("sys", [])), 4),
+           "cpu_all": [round(v, 4) for v in samples["cpu"]], "wall_all": [round(v, 4) for v in samples["wall"]]}
+    if items is not None:
+        out["per_s_cpu"] = round(items / cpu, 2) if cpu > 0 else None
+        out["per_s_wall"] = round(items / wall, 2) if wall > 0 else None
+    return out
 
 
 def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
@@ -130,8 +151,8 @@ def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
     return root
 
 
-def load_folder(root: Path, size: int) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """All patches of a folder decoded into memory: (list of uint8 [3,S,S]... as one tensor, labels)."""
+def load_folder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All patches of a folder decoded into memory: (uint8 [N, 3, S, S], labels [N])."""
     from recapfast.data import PatchDataset, discover, make_loader
 
     xs, ys = [], []
@@ -157,13 +178,12 @@ def get_model(model_path: str | None, device: str = "cpu") -> tuple[torch.nn.Mod
             from recapfast.train import TrainConfig, train
 
             data = synth_folder(64, 300, seed=11)
-            log("bench: no bundled baseline yet; training a quick one (300 iterations, 64 px)")
+            log("bench: no bundled baseline; training a quick one (300 iterations, 64 px)")
             cfg = TrainConfig(iters=300, batch_size=32, lr=1e-3, lr_step=100_000, val_every=300, seed=0)
-            train(data, path, cfg, log=lambda m: log("bench: " + m))
-        model = rf.load_model(str(path))
-        info = {"model": str(path), "source": "quick-trained by bench (recapfast.train, 300 iters, lr 1e-3, "
-                                              "batch 32, 600 synthetic 64 px PNGs, seed 0): no bundled baseline "
-                                              "existed when this ran"}
+            train(data, path, cfg, log=lambda m: None)
+        model = rf.load_model(path)
+        info = {"model": str(path), "source": "trained by the bench (300 iterations, synthetic 64 px PNGs, seed 0): "
+                                              "no bundled baseline existed when this ran"}
     model = model.to(device).eval()
     info["parameters"] = sum(p.numel() for p in model.parameters())
     info["widths"] = list(getattr(model, "widths", []))

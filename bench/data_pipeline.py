@@ -26,7 +26,7 @@ def run(folders: dict[int, tuple[int, int]], reps: int, workers=(0, 1, 2), batch
         log(f"bench data-pipeline {size}px: workers {list(workers)} x {reps} reps, {len(dataset)} files")
         times = alternate({f"workers={w}": one_pass(w) for w in workers}, reps, warmup={"w0": one_pass(0)})
         for w in workers:
-            t = median(times[f"workers={w}"])
+            t = median(times[f"workers={w}"]["cpu"])
             out.append({"size": size, "files": len(dataset), "workers": w, "seconds": round(t, 4),
                         "images_per_s": round(len(dataset) / t, 1)})
             log(f"  workers={w}: {len(dataset) / t:8.1f} img/s")

@@ -2,11 +2,13 @@
 
 Two modes per image size, on the same images and the same model weights:
 - model-only: the patches are already decoded into memory (uint8 tensors), batches are sliced;
-- end-to-end: the folder is streamed with recapfast's loader (decode + center crop included),
-  the same loader for every contender.
+- end-to-end: what a user runs. For recapfast that is the ``recapfast eval`` code path
+  (``evaluate_folder``: loader, sweep, every default metric: L-inf, L2, PSNR, SSIM, counters);
+  for the others, recapfast's loader (decode + center crop) feeding their batch function.
 
-Reported: median seconds per pass over the folder, images/s, speedup = torchattacks-loop
-seconds / contender seconds (same run), accuracies, and the agreement check.
+Per thread count, size and mode: median CPU and wall seconds of >= 7 alternating repetitions,
+images per CPU second, and ratios to the skilled 20-line script (the primary bar) and to the
+torchattacks loop from CPU-time medians; accuracies and the per-image agreement check.
 """
 from __future__ import annotations
 
@@ -14,11 +16,12 @@ from typing import Sequence
 
 import torch
 
-from .common import alternate, load_folder, log, median, synth_folder
+from .common import alternate, contender_settings, load_folder, log, summary, synth_folder
 from .peers import Contender, make_batch_fn
 
 EPS = (1.0, 2.0, 3.0, 4.0, 5.0)
 ATTACKS = ("fgsm", "llcm")
+PRIMARY = "skilled"
 BASELINE = "torchattacks"
 
 
@@ -40,6 +43,17 @@ def _streamed(fn, root, size: int, batch_size: int, workers: int):
 
     def run():
         return _collect(fn, ((b.x, b.y) for b in make_loader(dataset, batch_size, workers)))
+    return run
+
+
+def _recapfast_eval(model, contender: Contender, root, size: int, batch_size: int, workers: int, threads: int):
+    """``recapfast eval``'s library path with its defaults (metrics="full"), in the contender's settings."""
+    from recapfast.evaluate import evaluate_folder
+
+    def run():
+        with contender_settings(contender.backend, threads):
+            return evaluate_folder(model, root, EPS, ATTACKS, size=size, batch_size=batch_size, workers=workers,
+                                   on_error=None, metrics="full")
     return run
 
 
@@ -74,41 +88,58 @@ def agreement(outcomes: dict[str, dict], reference: str) -> list[dict]:
     return rows
 
 
+def _rows(times: dict, images: int) -> list[dict]:
+    base = {name: summary(t, images) for name, t in times.items()}
+    rows = []
+    for name, s in base.items():
+        row = {"contender": name, **s}
+        for key, ref in (("vs_skilled", PRIMARY), ("vs_torchattacks", BASELINE)):
+            row[key] = round(base[ref]["cpu_s"] / s["cpu_s"], 2) if ref in base and s["cpu_s"] > 0 else None
+        rows.append(row)
+        log(f"  {name:16s} cpu {s['cpu_s']:8.3f} s  wall {s['wall_s']:8.3f} s  {s['per_s_cpu']:8.1f} img/cpu-s"
+            + (f"  x{row['vs_skilled']:5.2f} vs 20-liner" if row["vs_skilled"] else "")
+            + (f"  x{row['vs_torchattacks']:5.2f} vs torchattacks" if row["vs_torchattacks"] else ""))
+    return rows
+
+
 def run(model, contenders: Sequence[Contender], sizes: Sequence[int], counts: dict[int, int],
-        batch_sizes: dict[int, int], reps: int, workers: int = 0, modes=("model-only", "end-to-end")) -> dict:
+        batch_sizes: dict[int, int], reps: int, threads: Sequence[int] = (1,), workers: int = 0,
+        modes=("model-only", "end-to-end")) -> dict:
     avail = [c for c in contenders if c.available]
-    fns = {c.name: make_batch_fn(c, model, EPS, ATTACKS) for c in avail}
     results = {"eps": list(EPS), "attacks": list(ATTACKS), "reps": reps, "workers_end_to_end": workers,
-               "baseline": BASELINE, "sizes": []}
-    for size in sizes:
-        root = synth_folder(size, counts[size] // 2)
-        x_all, y_all = load_folder(root, size)
-        bs = batch_sizes[size]
-        batches = [(x_all[i:i + bs], y_all[i:i + bs]) for i in range(0, x_all.shape[0], bs)]
-        warm = {n: (lambda f=f: f(*batches[0])) for n, f in fns.items()}
-        entry = {"size": size, "images": int(x_all.shape[0]), "batch_size": bs, "folder": root.name, "modes": {}}
-        outcomes = {}
-        for mode in modes:
-            if mode == "model-only":
-                passes = {n: (lambda f=f, n=n: outcomes.__setitem__(n, _collect(f, batches))) for n, f in fns.items()}
-            else:
-                passes = {n: _streamed(f, root, size, bs, workers) for n, f in fns.items()}
-            log(f"bench eval-sweep {size}px {mode}: {len(passes)} contenders x {reps} reps, {x_all.shape[0]} images")
-            times = alternate(passes, reps, warmup=warm if mode == "model-only" else {})
-            base = median(times[BASELINE]) if BASELINE in times else None
-            rows = []
-            for n, ts in times.items():
-                t = median(ts)
-                rows.append({"contender": n, "seconds": round(t, 4), "seconds_all": [round(v, 4) for v in ts],
-                             "images_per_s": round(x_all.shape[0] / t, 2),
-                             "speedup_vs_torchattacks": round(base / t, 2) if base else None})
-                log(f"  {n:18s} {t:8.3f} s  {x_all.shape[0] / t:8.1f} img/s"
-                    + (f"  x{base / t:5.2f} vs torchattacks" if base else ""))
-            entry["modes"][mode] = rows
-        if outcomes:
-            reference = "recapfast-torch" if "recapfast-torch" in outcomes else next(iter(outcomes))
-            entry["accuracy"] = {n: accuracies(o) for n, o in outcomes.items()}
-            entry["agreement_reference"] = reference
-            entry["agreement"] = agreement(outcomes, reference)
-        results["sizes"].append(entry)
+               "primary": PRIMARY, "baseline": BASELINE, "runs": []}
+    for n_threads in threads:
+        fns = {c.name: make_batch_fn(c, model, EPS, ATTACKS, threads=n_threads) for c in avail}
+        run_entry = {"threads": n_threads, "sizes": []}
+        for size in sizes:
+            root = synth_folder(size, counts[size] // 2)
+            x_all, y_all = load_folder(root, size)
+            bs = batch_sizes[size]
+            batches = [(x_all[i:i + bs], y_all[i:i + bs]) for i in range(0, x_all.shape[0], bs)]
+            warm = {n: (lambda f=f: f(*batches[0])) for n, f in fns.items()}
+            entry = {"size": size, "images": int(x_all.shape[0]), "batch_size": bs, "folder": root.name, "modes": {}}
+            outcomes = {}
+            for mode in modes:
+                if mode == "model-only":
+                    passes = {n: (lambda f=f, n=n: outcomes.__setitem__(n, _collect(f, batches)))
+                              for n, f in fns.items()}
+                else:
+                    passes = {c.name: (_recapfast_eval(model, c, root, size, bs, workers, n_threads)
+                                       if c.name.startswith("recapfast") else
+                                       _streamed(fns[c.name], root, size, bs, workers)) for c in avail}
+                log(f"bench eval-sweep {size}px {mode}, {n_threads} thread(s): {len(passes)} contenders x {reps} "
+                    f"reps, {x_all.shape[0]} images")
+                times = alternate(passes, reps, warmup=warm if mode == "model-only" else None)
+                entry["modes"][mode] = _rows(times, int(x_all.shape[0]))
+            if outcomes:
+                reference = "recapfast-torch" if "recapfast-torch" in outcomes else next(iter(outcomes))
+                entry["accuracy"] = {n: accuracies(o) for n, o in outcomes.items()}
+                entry["agreement_reference"] = reference
+                entry["agreement"] = agreement(outcomes, reference)
+            mo = {r["contender"]: r for r in entry["modes"].get("model-only", [])}
+            ee = {r["contender"]: r for r in entry["modes"].get("end-to-end", [])}
+            entry["eval_over_sweep"] = {n: round(ee[n]["cpu_s"] / mo[n]["cpu_s"], 2) for n in mo
+                                        if n.startswith("recapfast") and n in ee}
+            run_entry["sizes"].append(entry)
+        results["runs"].append(run_entry)
     return results

@@ -28,11 +28,15 @@ def merge(paths: list[Path]) -> dict:
     for r in runs:
         for k, v in r["workloads"].items():
             if k == "eval_sweep" and k in out["workloads"]:
-                # per image size: the first file that measured a size wins
-                have = {e["size"] for e in out["workloads"][k]["sizes"]}
+                # per thread count and image size: the first file that measured it wins
                 merged = dict(out["workloads"][k])
-                merged["sizes"] = sorted(merged["sizes"] + [e for e in v["sizes"] if e["size"] not in have],
-                                         key=lambda e: e["size"])
+                by_threads = {run["threads"]: dict(run, sizes=list(run["sizes"])) for run in merged["runs"]}
+                for run in v["runs"]:
+                    have = by_threads.setdefault(run["threads"], {"threads": run["threads"], "sizes": []})
+                    sizes = {e["size"] for e in have["sizes"]}
+                    have["sizes"] = sorted(have["sizes"] + [e for e in run["sizes"] if e["size"] not in sizes],
+                                           key=lambda e: e["size"])
+                merged["runs"] = list(by_threads.values())
                 out["workloads"][k] = merged
             else:
                 out["workloads"].setdefault(k, v)
@@ -46,8 +50,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     merged = merge(args.runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(merged))
+    from recapfast.atomic import write_text
+
+    write_text(args.out, json.dumps(merged, indent=1) + "\n")
+    write_text(args.out.with_suffix(".md"), markdown(merged))
     print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 

@@ -1,10 +1,14 @@
-"""The eval-sweep contenders: recapfast (ext / torch backend) and the peer libraries.
+"""The eval-sweep contenders: recapfast (ext / torch backend), the skilled 20-line script, the peer libraries.
 
 Every contender maps one batch (uint8 [B,3,H,W], labels [B]) to per-image correctness:
 clean [B], FGSM [E,B] and LLCM [E,B] (None where the library has no LLCM), for eps in grey
-levels.  All adversarial images are evaluated on the uint8 grid (ARCHITECTURE.md): the peers
-work on [0, 1] inputs, so their model is wrapped as ``model(x * 255)``, eps is passed as
-eps/255, and their outputs are rounded back to integers before the prediction forward.
+levels.  All adversarial images are evaluated on the uint8 grid: the peers work on [0, 1]
+inputs, so their model is wrapped as ``model(x * 255)``, eps is passed as eps/255, and their
+outputs are rounded back to integers before the prediction forward.
+
+Settings: each contender's batch function runs inside ``common.contender_settings``: its own op
+backend (recapfast-ext: ext; recapfast-torch and the 20-liner: torch, i.e. plain PyTorch ops;
+the peer libraries: auto, the model as shipped) and the run's thread count, restored afterwards.
 
 Peers are optional.  A peer that cannot be imported is reported as missing, with the command
 that installs it (``PEER_INSTALL``); it is never dropped silently.
@@ -30,8 +34,9 @@ BatchFn = Callable[[torch.Tensor, torch.Tensor], tuple]
 class Contender:
     name: str
     label: str
-    module: str | None                  # the peer's import name (None: recapfast itself)
+    module: str | None                  # the peer's import name (None: recapfast itself or plain PyTorch)
     has_llcm: str                       # "paper" | "excludes true label" | "emulated (targeted criterion)" | "n/a"
+    backend: str = "auto"               # recapfast op backend this contender runs with
     version: str | None = None
     missing: str | None = None          # why it is unavailable
     notes: list[str] = field(default_factory=list)
@@ -63,8 +68,12 @@ def _probe(module: str) -> tuple[str | None, str | None]:
 def contenders(names: Sequence[str] | None = None) -> list[Contender]:
     """All contenders, peers probed for importability (missing ones carry the reason)."""
     out = [
-        Contender("recapfast-ext", "recapfast (ext backend)", None, "paper"),
-        Contender("recapfast-torch", "recapfast (torch backend)", None, "paper"),
+        Contender("recapfast-ext", "recapfast (ext backend)", None, "paper", backend="ext"),
+        Contender("recapfast-torch", "recapfast (torch backend)", None, "paper", backend="torch"),
+        Contender("skilled", "skilled 20-line PyTorch script", None, "paper", backend="torch",
+                  notes=["the primary bar (bench/skilled.py): one clean forward, one input gradient per attack, "
+                         "all eps by broadcasting, channels_last inference_mode forwards in 2^19-pixel chunks; "
+                         "plain PyTorch ops (recapfast backend torch)"]),
         Contender("torchattacks", "torchattacks loop (FGSM per eps)", "torchattacks", "excludes true label",
                   notes=["LLCM via set_mode_targeted_least_likely(): the least likely class among the classes "
                          "other than the TRUE label (with 2 classes: always 1 - y). recapfast's LLCM is "
@@ -86,6 +95,8 @@ def contenders(names: Sequence[str] | None = None) -> list[Contender]:
     for c in out:
         if c.module is not None:
             c.version, c.missing = _probe(c.module)
+        elif c.name == "skilled":
+            c.version = torch.__version__
         else:
             import recapfast
             c.version = getattr(recapfast, "__version__", "0.1.0")
@@ -100,30 +111,56 @@ def _quantized_predictions(model: nn.Module, adv01: torch.Tensor) -> torch.Tenso
 
 
 def make_batch_fn(contender: Contender, model: nn.Module, eps: Sequence[float],
-                  attacks: Sequence[str] = ("fgsm", "llcm")) -> BatchFn:
-    """A function batch -> (clean_ok [B], {attack: ok [E,B] or None}) for this contender."""
+                  attacks: Sequence[str] = ("fgsm", "llcm"), threads: int = 1) -> BatchFn:
+    """A function batch -> (clean_ok [B], {attack: ok [E,B] or None}) for this contender.
+
+    The function runs with the contender's op backend and ``threads`` torch threads, and restores both.
+    """
+    from .common import contender_settings
+
     eps = [float(e) for e in eps]
     model.eval()
     if contender.name.startswith("recapfast"):
-        return _recapfast_fn(contender.name.split("-", 1)[1], model, eps, attacks)
-    if contender.name == "torchattacks":
-        return _torchattacks_fn(model, eps, attacks)
-    if contender.name == "foolbox":
-        return _foolbox_fn(model, eps, attacks)
-    if contender.name == "art":
-        return _art_fn(model, eps, attacks)
-    raise ValueError(f"unknown contender {contender.name!r}")
+        fn = _recapfast_fn(model, eps, attacks)
+    elif contender.name == "skilled":
+        fn = _skilled_fn(model, eps, attacks)
+    elif contender.name == "torchattacks":
+        fn = _torchattacks_fn(model, eps, attacks)
+    elif contender.name == "foolbox":
+        fn = _foolbox_fn(model, eps, attacks)
+    elif contender.name == "art":
+        fn = _art_fn(model, eps, attacks)
+    else:
+        raise ValueError(f"unknown contender {contender.name!r}")
+
+    def run(x, y):
+        with contender_settings(contender.backend, threads):
+            return fn(x, y)
+
+    return run
 
 
-def _recapfast_fn(backend: str, model, eps, attacks) -> BatchFn:
-    from recapfast import ops
+def _recapfast_fn(model, eps, attacks) -> BatchFn:
     from recapfast.attacks import sweep
 
     def run(x, y):
-        ops.set_backend(backend)
         res = sweep(model, x, y, eps, attacks, quantize=True)
         clean_ok = res.clean_predictions == y
         return clean_ok, {a: res.predictions[a] == y.unsqueeze(0) for a in attacks}
+
+    return run
+
+
+def _skilled_fn(model, eps, attacks) -> BatchFn:
+    from . import skilled
+
+    if tuple(attacks) != ("fgsm", "llcm"):
+        raise ValueError("the 20-line script computes exactly FGSM and LLCM")
+    script = skilled.make(model, eps)
+
+    def run(x, y):
+        clean, fgsm, llcm = script(x, y)
+        return clean == y, {"fgsm": fgsm == y.unsqueeze(0), "llcm": llcm == y.unsqueeze(0)}
 
     return run
 

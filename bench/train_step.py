@@ -1,7 +1,8 @@
-"""Training-step workload: ms/step of plain, robust exact (double backprop) and robust fd training.
+"""Training-step workload: CPU ms/step of plain, robust exact (double backprop) and robust fd training.
 
-Batch 64 at 64 px (one optimizer step: loss, backward, Adam).  The three modes alternate, each on
-its own copy of the same model and optimizer.  Robustness of fd vs exact: both fine-tune the
+Batch 64 at 64 px (one optimizer step: loss, backward, Adam), the op backend recapfast picks (auto).
+The three modes alternate, each on its own copy of the same model and optimizer; ratios are taken
+between CPU-time medians.  Robustness of fd vs exact: both fine-tune the
 same starting model on the same batches for the same number of iterations (plain fine-tuning as
 the reference), then clean and FGSM eps 2 accuracy are measured on a held-out synthetic folder.
 """
@@ -11,7 +12,7 @@ import copy
 
 import torch
 
-from .common import alternate, load_folder, log, median, synth_folder
+from .common import alternate, contender_settings, load_folder, log, median, summary, synth_folder
 
 MODES = ("plain", "robust-exact", "robust-fd")
 
@@ -42,20 +43,36 @@ def _stepper(model, mode: str, x, y, batch: int, lr: float = 1e-4):
     return model, step
 
 
-def timing(model, reps: int, batch: int = 64, size: int = 64, count: int = 64) -> dict:
+TARGETS = {"robust-exact": 3.0, "robust-fd": 1.6}
+
+
+def timing(model, reps: int, batch: int = 64, size: int = 64, count: int = 64, threads: int = 1) -> dict:
+    from recapfast import ops
+
     x, y = load_folder(synth_folder(size, count), size)
-    steps = {m: _stepper(model, m, x, y, batch)[1] for m in MODES}
+    steps = {}
+    for m in MODES:
+        step = _stepper(model, m, x, y, batch)[1]
+        steps[m] = (lambda step=step: _in_settings(step, threads))
     log(f"bench train-step: {len(MODES)} modes x {reps} reps, batch {batch}, {size} px")
     times = alternate(steps, reps)
-    plain = median(times["plain"])
+    plain = median(times["plain"]["cpu"])
     rows = []
     for m, ts in times.items():
-        t = median(ts)
-        rows.append({"mode": m, "ms_per_step": round(1e3 * t, 1), "ms_all": [round(1e3 * v, 1) for v in ts],
-                     "ratio_vs_plain": round(t / plain, 2)})
-        log(f"  {m:13s} {1e3 * t:8.1f} ms/step  x{t / plain:4.2f} plain")
-    return {"batch": batch, "size": size, "reps": reps, "rows": rows,
-            "targets": {"robust-exact": 2.7, "robust-fd": 1.8}}
+        s = summary(ts)
+        rows.append({"mode": m, "cpu_ms_per_step": round(1e3 * s["cpu_s"], 1),
+                     "wall_ms_per_step": round(1e3 * s["wall_s"], 1), "cpu_ms_all": [round(1e3 * v, 1) for v in ts["cpu"]],
+                     "ratio_vs_plain": round(s["cpu_s"] / plain, 2)})
+        log(f"  {m:13s} {1e3 * s['cpu_s']:8.1f} cpu-ms/step  x{s['cpu_s'] / plain:4.2f} plain")
+    with contender_settings("auto", threads):
+        backend = ops.active_backend()
+    return {"batch": batch, "size": size, "reps": reps, "threads": threads, "backend": backend, "rows": rows,
+            "targets": TARGETS}
+
+
+def _in_settings(step, threads: int) -> None:
+    with contender_settings("auto", threads):
+        step()
 
 
 def robustness(model, iters: int, batch: int = 64, size: int = 64, lr: float = 1e-4, train_count: int = 300,

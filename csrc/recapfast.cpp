@@ -11,4 +11,15 @@ TORCH_LIBRARY(recapfast, m) {
   m.def(
       "laplace_conv_backward(Tensor grad_out, Tensor x, Tensor weight, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // ReLU then 5x5 / stride 2 / pad 2 average pooling (count_include_pad=False); channels_last float32.
+  m.def("relu_pool(Tensor h) -> Tensor");
+  // Input gradient of relu_pool for grad_out stacked k times over h's batch: [k*N, C, H2, W2] -> [k*N, C, H, W].
+  m.def("relu_pool_backward(Tensor grad_out, Tensor h) -> Tensor");
+  // The first unit fused: relu_pool(laplace_conv(x, weight, bias)) -> (pooled, pre-activation or [0]).
+  m.def("stem_pool(Tensor x, Tensor weight, Tensor bias, bool keep_pre) -> (Tensor, Tensor)");
+  // Input gradient of stem_pool for grad_out stacked k times over pre's batch: -> [k*N, Cin, H, W].
+  m.def("stem_pool_backward(Tensor grad_out, Tensor pre, Tensor weight) -> Tensor");
+  // Per (k, b, c) plane of adv [K, B, C, H, W] vs x [B, C, H, W]: (SSIM map mean or NaN, sum of squared
+  // differences, max |difference|) as float64 [K, B, C, 3].
+  m.def("adv_metrics(Tensor x, Tensor adv, bool ssim) -> Tensor");
 }

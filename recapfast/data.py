@@ -13,7 +13,6 @@ Conventions (ARCHITECTURE.md):
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from . import imagehead
 from .errors import UserError
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
@@ -33,8 +33,7 @@ class DataError(UserError):
     """A folder or argument that cannot be used (the whole run stops with this message)."""
 
 
-class DecodeError(Exception):
-    """One file that cannot be used (the run reports it and goes on)."""
+DecodeError = imagehead.DecodeError   # one file that cannot be used (the run reports it and goes on)
 
 
 @dataclass(frozen=True)
@@ -90,33 +89,38 @@ def discover(root: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES,
     return samples
 
 
-def _describe(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "cannot identify image file" in text:
-        return "not a decodable image (unrecognized or corrupt header)"
-    if "truncated" in text.lower():
-        return "truncated or corrupt image data"
-    return f"{type(err).__name__}: {text}"
-
-
-def _to_uint8(arr: np.ndarray, notes: list[str]) -> np.ndarray:
+def _to_uint8(arr: np.ndarray, bits: int, notes: list[str]) -> np.ndarray:
+    """Integer samples of ``bits`` declared bits (from the mode/header, never the values) to uint8."""
     if arr.dtype == np.uint8:
         return arr
-    if arr.dtype in (np.uint16, np.int32, np.uint32, np.int64) or np.issubdtype(arr.dtype, np.integer):
-        peak = 65535.0 if arr.max(initial=0) > 255 else 255.0
-        if peak > 255:
-            notes.append("16-bit scaled to 8-bit")
+    if np.issubdtype(arr.dtype, np.integer):
+        peak = float((1 << bits) - 1)
+        if bits > 8:
+            notes.append(f"{bits}-bit scaled to 8-bit")
         return np.clip(np.rint(arr.astype(np.float64) * (255.0 / peak)), 0, 255).astype(np.uint8)
     notes.append("float image clipped to [0, 255]")
-    return np.clip(np.rint(arr.astype(np.float64)), 0, 255).astype(np.uint8)
+    return np.clip(np.rint(np.nan_to_num(arr.astype(np.float64))), 0, 255).astype(np.uint8)
+
+
+def _open_regular(path: str):
+    """A binary file object for ``path``; FIFOs, devices and folders are refused, never waited on."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise DecodeError("not a regular file (device, FIFO, socket or folder)", "not_a_regular_file")
+    return os.fdopen(fd, "rb")
 
 
 def decode(path: str | os.PathLike, max_pixels: int | None = None,
            content: bytes | None = None) -> tuple[np.ndarray, list[str]]:
     """RGB uint8 array [H, W, 3] and the list of conversions applied.  Raises DecodeError.
 
-    ``content``: the file's bytes when the caller has read them already (screening hashes and
-    decodes one read, so a file cannot change between the two); ``path`` then only names it.
+    The header is checked first (recapfast.imagehead: pixel limit, bomb guard, file size against
+    the declared image, truncation) and only then are pixels decoded.  ``content``: the file's
+    bytes when the caller has read them already (screening hashes and decodes one read, so a file
+    cannot change between the two); ``path`` then only names it.
     """
     import io
 
@@ -125,16 +129,13 @@ def decode(path: str | os.PathLike, max_pixels: int | None = None,
     notes: list[str] = []
     path = os.fspath(path)
     try:
-        if (len(content) if content is not None else os.path.getsize(path)) == 0:
-            raise DecodeError("empty file (0 bytes)")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(content) if content is not None else path) as im:
+        with (io.BytesIO(content) if content is not None else _open_regular(path)) as fh:
+            size = len(content) if content is not None else os.fstat(fh.fileno()).st_size
+            with imagehead.open_checked(fh, size, max_pixels) as im:
                 frames = getattr(im, "n_frames", 1)
                 if frames > 1:
                     notes.append(f"first of {frames} frames")
-                if max_pixels is not None and im.width * im.height > max_pixels:
-                    raise DecodeError(f"{im.width}x{im.height} exceeds the pixel limit of {max_pixels}")
+                bits = imagehead.declared_bits(im, fh)
                 im.load()
                 orientation = im.getexif().get(0x0112, 1)
                 if orientation not in (None, 1):
@@ -154,18 +155,20 @@ def decode(path: str | os.PathLike, max_pixels: int | None = None,
                 elif mode in ("L", "1"):
                     arr = np.array(im.convert("L"), dtype=np.uint8)
                 elif mode.startswith("I") or mode == "F":
-                    arr = _to_uint8(np.array(im), notes)
+                    arr = _to_uint8(np.array(im), bits, notes)
                 else:
                     notes.append(f"{mode} converted to RGB")
                     arr = np.array(im.convert("RGB"), dtype=np.uint8)
     except DecodeError:
         raise
     except Image.DecompressionBombError as err:
-        raise DecodeError(f"decompression bomb refused ({err})") from err
+        raise DecodeError(f"decompression bomb refused ({err})", "decompression_bomb") from err
     except Image.DecompressionBombWarning as err:
-        raise DecodeError(f"decompression bomb refused ({err})") from err
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError, TypeError, IndexError, KeyError) as err:
-        raise DecodeError(_describe(err)) from err
+        raise DecodeError(f"decompression bomb refused ({err})", "decompression_bomb") from err
+    except MemoryError as err:
+        raise DecodeError("not enough memory to decode this image", "out_of_memory") from err
+    except imagehead.PIL_ERRORS as err:
+        raise imagehead.as_decode_error(err) from err
     if arr.ndim == 2:
         notes.append("grey replicated to RGB")
         arr = np.repeat(arr[:, :, None], 3, axis=2)
@@ -178,7 +181,7 @@ def to_patches(img: np.ndarray, size: int, tile: bool = False) -> torch.Tensor:
     """uint8 [N, 3, size, size] patches of an [H, W, 3] image (center crop, or all tiles)."""
     h, w = img.shape[:2]
     if h < size or w < size:
-        raise DecodeError(f"image {w}x{h} is smaller than the {size}x{size} patch")
+        raise DecodeError(f"image {w}x{h} is smaller than the {size}x{size} patch", "too_small")
     chw = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
     if not tile:
         top, left = (h - size) // 2, (w - size) // 2

@@ -89,8 +89,11 @@ def rank_device(device: torch.device, info: DistInfo) -> torch.device:
 
 
 def shutdown() -> None:
+    """Leave the process group: wait for every rank first (a rank that tears down gloo while another is
+    still in a collective or writing can abort with "terminate called without an active exception")."""
     dist = _dist()
     if dist is not None and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
@@ -193,11 +196,14 @@ def merge_parts(parts: Sequence[Path], out: Path) -> int:
     from each part in turn restores the single-process order.  A part that ends early ends the
     round robin for itself only (it had fewer items).
     """
-    tmp = out.with_name(out.name + ".merge.tmp")
-    handles = [open(p, "rb") for p in parts]
+    from . import atomic
+
     lines = 0
-    try:
-        with open(tmp, "wb") as sink:
+
+    def interleave(sink) -> None:
+        nonlocal lines
+        handles = [open(p, "rb") for p in parts]
+        try:
             live = list(range(len(handles)))
             while live:
                 still = []
@@ -211,12 +217,11 @@ def merge_parts(parts: Sequence[Path], out: Path) -> int:
                     lines += 1
                     still.append(r)
                 live = still
-            sink.flush()
-            os.fsync(sink.fileno())
-    finally:
-        for h in handles:
-            h.close()
-    os.replace(tmp, out)
+        finally:
+            for h in handles:
+                h.close()
+
+    atomic.write_file(out, writer=interleave)
     return lines
 
 

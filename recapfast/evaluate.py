@@ -28,7 +28,7 @@ from torch import nn
 
 from .attacks import ATTACKS, sweep
 from .iterative import ITERATIVE_ATTACKS, IterativeConfig, sweep_iterative
-from .metrics import ssim as ssim_metric
+from .metrics import METRIC_LEVELS, ssim as ssim_metric
 from .data import CLASS_NAMES, Batch, PatchDataset, discover, make_loader
 
 
@@ -44,7 +44,7 @@ class AttackCell:
     mean_linf: float
     mean_l2: float
     mean_psnr: float
-    unchanged: int
+    unchanged: int | None          # None when the perturbation metrics were not computed (metrics="none")
     mean_ssim: float = float("nan")
 
 
@@ -70,6 +70,8 @@ class EvalResult:
     class_names: list[str] = field(default_factory=lambda: list(CLASS_NAMES))
     iterative: dict = field(default_factory=dict)
     uap: dict | None = None
+    metrics: str = "full"          # perturbation metrics computed: full (L-inf, L2, PSNR, SSIM), fast (no SSIM), none
+    settings: dict = field(default_factory=dict)   # threads and op backend of the run (recapfast.runtime)
     # Filled by recapfast.trust.TrustAccumulator (eval's detection metrics, masking checks, worst case, JPEG).
     detection: dict | None = None
     masking: dict | None = None
@@ -113,9 +115,12 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
                  attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
-                 iterative: IterativeConfig | None = None, uap=None, trust=None):
+                 iterative: IterativeConfig | None = None, uap=None, metrics: str = "full", trust=None):
         from .trust import EXTRA_ATTACKS, TrustAccumulator, TrustConfig
 
+        if metrics not in METRIC_LEVELS:
+            raise ValueError(f"metrics must be one of {', '.join(METRIC_LEVELS)}, got {metrics!r}")
+        self.metrics = metrics
         self.model = model
         unknown = [a for a in attacks if a not in ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS]
         if unknown:
@@ -149,7 +154,7 @@ class Evaluator:
         if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
             trust = TrustConfig(detection=False, gradients=False)
         self.trust = None if trust is None else \
-            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust)
+            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust, metrics)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] == 0:
@@ -159,11 +164,13 @@ class Evaluator:
         y = y.to(self.device, non_blocking=True)
         single = [a for a in self.attacks if a in ATTACKS]
         iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
-        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, return_images=True)
+        images = self.trust is not None and self.trust.needs_images      # detection scores, JPEG survival
+        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
+                    return_images=images)
         if iterative:
             more = sweep_iterative(self.model, x, y, self.eps, iterative, self.quantize, self.iterative,
-                                   return_images=True, clean_logits=res.clean_logits)
-            for part in ("predictions", "linf", "l2", "mse", "images"):
+                                   clean_logits=res.clean_logits, metrics=self.metrics, return_images=images)
+            for part in ("predictions", "linf", "l2", "mse", "ssim", "images"):
                 getattr(res, part).update(getattr(more, part))
         if self.trust is not None:
             self.trust.update(x, y, res)
@@ -182,8 +189,7 @@ class Evaluator:
             psnr = 10.0 * torch.log10((255.0 ** 2) / mse.clamp_min(1e-30))
             self.psnr_sum[i] += torch.where(changed, psnr, torch.zeros_like(psnr)).sum(1)
             self.psnr_count[i] += changed.sum(1)
-            for j in range(len(self.eps)):
-                self.ssim_sum[i, j] += ssim_metric(res.images[name][j], x, dtype=torch.float32).nan_to_num(0.0).sum()
+            self.ssim_sum[i] += res.ssim[name].nan_to_num(0.0).sum(1)
         if self.uap is not None:
             self._update_uap(x, y, onehot, res.clean_predictions)
 
@@ -215,7 +221,8 @@ class Evaluator:
         linf, l2 = self.linf_sum.cpu().tolist(), self.l2_sum.cpu().tolist()
         psnr, psnr_n = self.psnr_sum.cpu().tolist(), self.psnr_count.cpu().tolist()
         ssim_sum = self.ssim_sum.cpu().tolist()
-        ssim_ok = self.patch_size >= 11
+        ssim_ok = self.patch_size >= 11 and self.metrics == "full"
+        measured = self.metrics != "none"
         total, clean_total = sum(per_class), sum(clean)
         ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
         cells = []
@@ -227,7 +234,8 @@ class Evaluator:
                     success_rate=ratio(flipped[i][j], clean_total), correct=correct, flipped=flipped[i][j],
                     accuracy_per_class=[ratio(c, n) for c, n in zip(adv[i][j], per_class)],
                     mean_linf=ratio(linf[i][j], total), mean_l2=ratio(l2[i][j], total),
-                    mean_psnr=ratio(psnr[i][j], psnr_n[i][j]), unchanged=total - psnr_n[i][j],
+                    mean_psnr=ratio(psnr[i][j], psnr_n[i][j]) if measured else float("nan"),
+                    unchanged=total - psnr_n[i][j] if measured else None,
                     mean_ssim=ratio(ssim_sum[i][j], total) if ssim_ok else float("nan")))
         uap = None
         if self.uap is not None:
@@ -255,7 +263,7 @@ class Evaluator:
             clean_accuracy=ratio(clean_total, total),
             clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
             cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize,
-            iterative=iterative, uap=uap)
+            iterative=iterative, uap=uap, metrics=self.metrics)
         if self.trust is not None:
             self.trust.finish(result)
         return result
@@ -282,9 +290,14 @@ def evaluate_folder(
     samples=None,
     iterative: IterativeConfig | None = None,
     uap=None,
+    metrics: str = "full",
     trust=None,
 ) -> EvalResult:
-    """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files."""
+    """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files.
+
+    ``metrics``: perturbation metrics per (attack, eps): "full" (L-inf, L2, PSNR, SSIM), "fast" (no
+    SSIM), "none" (accuracy only).
+    """
     samples = discover(root, class_names) if samples is None else samples
     from . import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
 
@@ -293,7 +306,7 @@ def evaluate_folder(
     device = next(model.parameters()).device
     loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap,
-                          trust=trust)
+                          metrics=metrics, trust=trust)
     evaluator.patch_size = size
     errors, notes, files = [], [], 0
     start = time.perf_counter()
@@ -314,4 +327,7 @@ def evaluate_folder(
     result = evaluator.result(model_name, files, errors, notes)
     result.seconds = distributed.all_reduce_max(time.perf_counter() - start)
     result.class_names = list(class_names)
+    from .runtime import settings
+
+    result.settings = settings()
     return result

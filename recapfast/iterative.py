@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attacks import SweepResult, _check_labels, _forward_chunks, eval_mode, least_likely_class
+from .metrics import perturbation_stats
 
 ITERATIVE_ATTACKS = ("bim", "illc", "pgd", "mifgsm")
 
@@ -190,6 +191,7 @@ def sweep_iterative(
     return_images: bool = False,
     clean_logits: torch.Tensor | None = None,
     max_forward_batch: int = 1024,
+    metrics: str = "fast",
 ) -> SweepResult:
     """Every (iterative attack, eps) prediction for one batch, as a :class:`SweepResult`.
 
@@ -205,8 +207,7 @@ def sweep_iterative(
             clean_logits = _forward_chunks(model, xf, max_forward_batch) if x.shape[0] else \
                 xf.new_empty((0, 2))
     n_eps, batch = len(eps), x.shape[0]
-    predictions, linf, l2, mse, images = {}, {}, {}, {}, {}
-    numel = xf[0].numel() if batch else 0
+    predictions, linf, l2, mse, images, ssim = {}, {}, {}, {}, {}, {}
     for name in attacks:
         if name not in ITERATIVE_ATTACKS:
             raise ValueError(f"unknown iterative attack {name!r}; choose from {', '.join(ITERATIVE_ATTACKS)}")
@@ -216,13 +217,13 @@ def sweep_iterative(
             logits = _forward_chunks(model, adv, max_forward_batch).reshape(n_eps, batch, -1) if adv.numel() else \
                 xf.new_empty((n_eps, batch, 2))
         predictions[name] = logits.argmax(dim=-1)
-        delta = (adv - xf.unsqueeze(0)).reshape(n_eps, batch, numel)
-        linf[name] = delta.abs().amax(dim=-1) if numel else delta.new_zeros((n_eps, batch))
-        sq = delta.square().sum(dim=-1)
-        l2[name], mse[name] = sq.sqrt(), sq / max(numel, 1)
+        if quantize:
+            adv = adv.to(torch.uint8)                 # on the grid already: exact
+        stats = perturbation_stats(x, adv, metrics)
+        linf[name], l2[name], mse[name], ssim[name] = stats["linf"], stats["l2"], stats["mse"], stats["ssim"]
         if return_images:
-            images[name] = adv.to(torch.uint8) if quantize else adv
-    return SweepResult(eps, clean_logits, predictions, linf, l2, mse, images)
+            images[name] = adv
+    return SweepResult(eps, clean_logits, predictions, linf, l2, mse, images, ssim)
 
 
 __all__ = ["ITERATIVE_ATTACKS", "IterativeConfig", "default_steps", "loss_gradient", "iterative_attack", "bim",

@@ -15,8 +15,6 @@ tile is 'preserved' when its decision did not change.
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import atomic
 from .attacks import eval_mode
 from .errors import UserError
 from .iterative import IterativeConfig, _box, _project, loss_gradient
@@ -116,17 +115,17 @@ def write_heatmaps(model: nn.Module, samples: Sequence, root, out_dir, size: int
                 except ValueError:
                     rel = Path(Path(s.path).name)
                 dest = out_dir / rel.with_name(rel.stem + ".heatmap.png")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                heatmap_image(img, probs, size).save(dest)
+                picture = heatmap_image(img, probs, size)
+                atomic.write_file(dest, writer=lambda fh: picture.save(fh, format="PNG"), root=out_dir, mkdir=True)
                 records.append(HeatmapRecord(s.path, str(dest), tuple(probs.shape), probs.tolist()))
         except DecodeError as err:
             records.append(HeatmapRecord(s.path, None, None, None, str(err)))
         if progress is not None:
             progress(1)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "heatmaps.json").write_text(json.dumps(
-        {"tile": size, "p": "P(recaptured) per tile, row-major grid from the top-left corner",
-         "images": [r.__dict__ for r in records]}, indent=1))
+    out_dir.mkdir(exist_ok=True)
+    atomic.write_json(out_dir / "heatmaps.json",
+                      {"tile": size, "p": "P(recaptured) per tile, row-major grid from the top-left corner",
+                       "images": [r.__dict__ for r in records]}, indent=1, allow_nan=True)
     return records
 
 
@@ -196,7 +195,7 @@ def check_output_dir(out_dir, force: bool) -> None:
         raise FileExistsError(f"{out_dir} exists and is not empty (use --force to write into it)")
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"{out_dir} is not a folder")
-    os.makedirs(out_dir, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)      # recapfast creates only the last component of an output path
 
 
 __all__ = ["tile_map", "tiles_of", "untile", "heatmap_image", "write_heatmaps", "region_target", "fabricate_map",

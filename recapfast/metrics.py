@@ -97,4 +97,27 @@ def l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a.to(torch.float64) - b.to(torch.float64)).flatten(1).norm(dim=1)
 
 
-__all__ = ["ssim", "ssim_map", "psnr", "linf", "l2", "gaussian_window"]
+METRIC_LEVELS = ("full", "fast", "none")
+
+
+def perturbation_stats(x: torch.Tensor, adv: torch.Tensor, level: str = "full") -> dict[str, torch.Tensor]:
+    """L-inf, L2, MSE (float32) and SSIM (float64) of every adversarial image against its clean image, [K, B] each.
+
+    ``x`` [B, C, H, W], ``adv`` [K, B, C, H, W] (uint8 or float32 pixels). ``level``: "full" (all four),
+    "fast" (SSIM left NaN), "none" (all NaN: nothing computed). One pass per adversarial image
+    (``recapfast.ops.adv_metrics``); the clean image's local statistics are filtered once for all K.
+    """
+    from . import ops
+
+    if level not in METRIC_LEVELS:
+        raise ValueError(f"metrics must be one of {', '.join(METRIC_LEVELS)}, got {level!r}")
+    if level == "none" or adv.numel() == 0:
+        nan = torch.full(adv.shape[:2], math.nan, dtype=torch.float32, device=x.device)
+        return {"linf": nan, "l2": nan.clone(), "mse": nan.clone(), "ssim": nan.double()}
+    stats = ops.adv_metrics(x, adv, ssim=level == "full")
+    sumsq = stats[..., 1]
+    return {"linf": stats[..., 2].float(), "l2": sumsq.sqrt().float(), "mse": (sumsq / x[0].numel()).float(),
+            "ssim": stats[..., 0]}
+
+
+__all__ = ["ssim", "ssim_map", "psnr", "linf", "l2", "gaussian_window", "perturbation_stats", "METRIC_LEVELS"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from . import atomic
 from .errors import UserError
 
 CLASS_LABELS = ("original", "recaptured")
@@ -58,7 +59,7 @@ def accuracy_vs_eps(size: int, evals: dict, paper_clean: dict, paper_adv: dict, 
     axes[0].set_ylabel("detection accuracy on the test split (%)")
     fig.suptitle(f"Accuracy under FGSM / LLCM vs eps, {size}x{size} patches (Experiments 1 and 2)")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic.write_file(path, writer=lambda fh: fig.savefig(fh, format="png", dpi=90))
     plt.close(fig)
     return path
 
@@ -94,6 +95,6 @@ def example_grid(examples: dict, size: int, path) -> Path:
         axes[r][0].set_ylabel(f"{_MODEL_TITLES[model]}\n{CLASS_LABELS[labels[b]]} patch", fontsize=8)
     fig.suptitle(f"Clean and adversarial test patches ({size}x{size}); red title = misclassified", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
-    fig.savefig(path, dpi=80)
+    atomic.write_file(path, writer=lambda fh: fig.savefig(fh, format="png", dpi=80))
     plt.close(fig)
     return path

@@ -51,9 +51,13 @@ def result_markdown(result) -> str:
     if result.cells:
         parts += ["Detection accuracy of adversarial images" + ("" if result.quantized else " (not quantized)"), "",
                   _table(head, acc_rows), "", "Attack success rate (correct clean decisions flipped)", "",
-                  _table(head, asr_rows), "", "Perturbation size (pixel units; PSNR over changed patches; SSIM "
-                  "Wang et al. 2004, 11x11 Gaussian window, sigma 1.5)", "",
-                  _table(["method", "eps", "mean L-inf", "mean L2", "mean PSNR (dB)", "mean SSIM"], dist_rows), ""]
+                  _table(head, asr_rows), ""]
+        metrics = getattr(result, "metrics", "full")
+        if metrics != "none":
+            parts += ["Perturbation size (pixel units; PSNR over changed patches; SSIM "
+                      + ("Wang et al. 2004, 11x11 Gaussian window, sigma 1.5)" if metrics == "full" else
+                         "not computed: --metrics fast)"), "",
+                      _table(["method", "eps", "mean L-inf", "mean L2", "mean PSNR (dB)", "mean SSIM"], dist_rows), ""]
         iterative = getattr(result, "iterative", None)
         if iterative:
             steps = iterative["steps"]

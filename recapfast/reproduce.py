@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from . import atomic
 from .data import CLASS_NAMES, DataError, Sample, discover
 from .model import DEFAULT_WIDTHS
 
@@ -132,12 +133,7 @@ class ReproduceConfig:
 
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=False)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic.write_json(path, obj, indent=1, allow_nan=True)
 
 
 class RunState:
@@ -200,7 +196,7 @@ def prepare_out(out: Path, config: ReproduceConfig, force: bool) -> RunState:
         raise ReproduceError(f"{out}: is not empty and holds no reproduction state (use --force to write into it, "
                              f"or choose a new OUT)")
     out.mkdir(parents=True, exist_ok=True)
-    (out / ".gitignore").write_text("# datasets, split folders and checkpoints of `recapfast reproduce`\nwork/\n")
+    atomic.write_text(out / ".gitignore", "# datasets, split folders and checkpoints of `recapfast reproduce`\nwork/\n")
     state.save()
     return state
 
@@ -613,9 +609,7 @@ def reproduce(
     data = collect_results(state, device)
     write_json_atomic(result.results, data)
     text = render_report(data)
-    tmp = result.report.with_name("report.md.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, result.report)
+    atomic.write_text(result.report, text)
     result.results_data = data
     log(f"reproduce: wrote {result.report} and {result.results}")
     return result

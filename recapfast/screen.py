@@ -15,7 +15,9 @@ probability across the threshold, or null; ``fragile`` is ``flip_eps <= fragile_
 Output: JSON Lines, one record per discovered file, in discovery (sorted path) order, appended
 with one ``os.write`` per complete line and fsynced after every batch, so a ``kill -9`` loses at
 most the batch being written and never leaves a torn line that ``resume`` cannot repair.  The
-summary is written at the end, atomically (temp + rename).  See docs/screening.md for the schema.
+summary is written at the end, atomically (recapfast.atomic).  Each file's header is checked
+before its body is read (recapfast.imagehead).  The output is locked for the whole run
+(recapfast.lock): a second writer, fresh or resuming, is refused.  See README for the schema.
 """
 from __future__ import annotations
 
@@ -34,9 +36,13 @@ from typing import Callable, Iterable, Iterator
 import torch
 from torch import nn
 
+from .runtime import settings as runtime_settings
+from . import atomic, imagehead, validate
 from . import distributed as dist_helpers
-from .attacks import ATTACK_SIGN, ATTACKS, eval_mode, input_gradients
+from .atomic import OutputError
+from .attacks import ATTACK_SIGN, ATTACKS, _forward_chunks, eval_mode, input_gradients
 from .data import IMAGE_EXTENSIONS, DataError, DecodeError, decode, to_patches
+from .lock import lock_outputs
 from . import ops
 
 SCREEN_EXTENSIONS = IMAGE_EXTENSIONS | {".gif"}
@@ -53,7 +59,7 @@ class ScreenConfig:
     max_pixels: int = 50_000_000
     batch_size: int = 32              # files per batch (one fsync per batch)
     max_batch_tiles: int = 2048       # a batch also ends once it holds this many tiles
-    probe_chunk: int = 256            # tiles per gradient/adversarial forward chunk
+    probe_chunk: int = 128            # tiles per gradient/adversarial forward chunk (one sweep)
     tile_map_inline: int = 256        # tile maps with more tiles go to a side file
     workers: int = 0
     resume_by: str = "stat"           # "stat": (path, size, mtime); "sha256": file content
@@ -61,17 +67,22 @@ class ScreenConfig:
     def validate(self) -> None:
         checks = [
             (self.size >= 8, f"--size must be >= 8 pixels, got {self.size}"),
-            (0.0 <= self.threshold <= 1.0, f"--threshold must be in [0, 1], got {self.threshold}"),
             (self.max_pixels >= 1, f"--max-pixels must be >= 1, got {self.max_pixels}"),
             (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
             (self.workers >= 0, f"--workers must be >= 0, got {self.workers}"),
             (self.resume_by in ("stat", "sha256"), f"--resume-by must be stat or sha256, got {self.resume_by!r}"),
-            (all(e > 0 for e in self.probe_eps), f"--probe-eps values must be > 0, got {list(self.probe_eps)}"),
             (all(a in ATTACK_SIGN for a in self.attacks), f"unknown attack in {list(self.attacks)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise DataError(message)
+        self.threshold = validate.number(self.threshold, "--threshold", 0.0, 1.0)
+        self.fragile_eps = validate.number(self.fragile_eps, "--fragile-eps", 0.0, validate.MAX_EPS)
+        self.probe_eps = tuple(sorted(validate.check_eps(self.probe_eps or (), "--probe-eps")))
+
+    @property
+    def probed(self) -> bool:
+        return bool(self.probe_eps)
 
 
 # ----------------------------------------------------------------------------- paths and names
@@ -183,6 +194,7 @@ def _os_error(path: str, err: OSError) -> tuple[str, str]:
 
 
 def _decode_code(message: str) -> str:
+    """Error code of a DecodeError message (DecodeError.code is used when set)."""
     if message.startswith("empty file"):
         return "empty_file"
     if "decompression bomb" in message:
@@ -194,20 +206,27 @@ def _decode_code(message: str) -> str:
     return "undecodable"
 
 
-def read_file(path: str) -> tuple[bytes, os.stat_result]:
-    """The whole file and its stat, from one open descriptor (refuses FIFOs, devices, folders)."""
+def read_file(path: str, max_pixels: int | None = None) -> tuple[bytes, os.stat_result]:
+    """The whole file and its stat, from one open descriptor (refuses FIFOs, devices, folders).
+
+    Header first: the header is checked (recapfast.imagehead; DecodeError) before the body is
+    read, and at most the size fstat reported is read.
+    """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise IsADirectoryError(errno.EISDIR, "not a regular file") if stat.S_ISDIR(st.st_mode) else \
                 _NotRegular()
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
+        with os.fdopen(os.dup(fd), "rb") as fh:      # Pillow closes the file of the image it opened
+            imagehead.open_checked(fh, st.st_size, max_pixels).close()
+        chunks, offset = [], 0
+        while offset < st.st_size:
+            chunk = os.pread(fd, min(1 << 20, st.st_size - offset), offset)
             if not chunk:
                 break
             chunks.append(chunk)
+            offset += len(chunk)
         return b"".join(chunks), st
     finally:
         os.close(fd)
@@ -231,7 +250,13 @@ def load_file(index: int, path: str, config: ScreenConfig, done: frozenset | set
         item.skipped = True
         return item
     try:
-        content, _ = read_file(path)
+        content, _ = read_file(path, config.max_pixels)
+    except DecodeError as err:
+        item.error, item.reason = err.code, display_path(str(err))
+        return _maybe_skip(item, config, done)
+    except MemoryError:
+        item.error, item.reason = "out_of_memory", "not enough memory to read this file"
+        return _maybe_skip(item, config, done)
     except _NotRegular:
         item.error, item.reason = "not_a_regular_file", "not a regular file (device, FIFO or socket)"
         return _maybe_skip(item, config, done)
@@ -251,7 +276,7 @@ def load_file(index: int, path: str, config: ScreenConfig, done: frozenset | set
         item.grid = (item.height // config.size, item.width // config.size)
     except DecodeError as err:
         message = display_path(str(err))
-        item.error, item.reason = _decode_code(message), message
+        item.error, item.reason = getattr(err, "code", None) or _decode_code(message), message
         item.patches = None
     except MemoryError:
         item.error, item.reason, item.patches = "out_of_memory", "not enough memory to decode this image", None
@@ -300,13 +325,12 @@ def iter_items(stream: FileStream, workers: int) -> Iterator[FileItem]:
 # ----------------------------------------------------------------------------- the model part
 
 def _probabilities(model: nn.Module, x: torch.Tensor, chunk: int) -> torch.Tensor:
-    """p(recaptured) of each tile, float64 [N]."""
-    out = []
+    """p(recaptured) of each tile, float64 [N] (pure forwards in chunks; the fast path for a LaplacianCNN)."""
+    if x.shape[0] == 0:
+        return torch.empty(0, dtype=torch.float64, device=x.device)
     with eval_mode(model), torch.inference_mode():
-        for i in range(0, x.shape[0], chunk):
-            logits = model(x[i:i + chunk].to(torch.float32))
-            out.append(torch.softmax(logits.float(), dim=1)[:, 1].double())
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.float64, device=x.device)
+        logits = _forward_chunks(model, x, chunk)
+        return torch.softmax(logits.float(), dim=1)[:, 1].double()
 
 
 def screen_batch(model: nn.Module, items: list[FileItem], config: ScreenConfig, device: torch.device) -> list[dict]:
@@ -360,10 +384,6 @@ def _number(value: float, digits: int) -> float:
 
 # ----------------------------------------------------------------------------- output files
 
-class OutputError(DataError):
-    """An output path that would overwrite, escape the output folder, or is not a plain file."""
-
-
 def summary_path(out: Path) -> Path:
     return out.with_suffix(".summary.json") if out.suffix else out.with_name(out.name + ".summary.json")
 
@@ -378,30 +398,12 @@ def _refuse_links(*paths: Path) -> None:
             raise OutputError(f"{p}: is a symbolic link; recapfast writes only plain files inside the output folder")
 
 
-class RecordWriter:
-    """Append-only JSON Lines: one ``os.write`` per complete line, fsync after every batch."""
-
-    def __init__(self, path: Path):
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        self.path = path
-        self.fd = os.open(path, flags, 0o644)
+class RecordWriter(atomic.AppendFile):
+    """Append-only JSON Lines: one ``os.write`` per complete line, fsync after every batch (recapfast.atomic)."""
 
     def write_batch(self, records: Iterable[dict]) -> int:
-        n = 0
-        for record in records:
-            line = (json.dumps(_clean(record), ensure_ascii=False, allow_nan=False, separators=(",", ":")) + "\n")
-            data = line.encode("utf-8")
-            written = os.write(self.fd, data)
-            while written < len(data):  # short writes are rare on regular files; finish the line
-                written += os.write(self.fd, data[written:])
-            n += 1
-        os.fsync(self.fd)
-        return n
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        return self.write_lines([(json.dumps(_clean(r), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+                                  + "\n").encode("utf-8") for r in records])
 
 
 def repair_and_index(path: Path, resume_by: str) -> tuple[set, int, int]:
@@ -431,9 +433,8 @@ def repair_and_index(path: Path, resume_by: str) -> tuple[set, int, int]:
                 good_end = 0
             cut = size - good_end
     if cut:
-        with open(path, "r+b") as fh:
+        with atomic.disk_errors(path), os.fdopen(os.open(path, os.O_RDWR | atomic.O_NOFOLLOW), "r+b") as fh:
             fh.truncate(size - cut)
-            fh.flush()
             os.fsync(fh.fileno())
     records = 0
     with open(path, "rb") as fh:
@@ -470,15 +471,16 @@ def summarize(path: Path, processed: int, skipped: int, seconds: float, tiles: i
         decisions[record["decision"]] += 1
         if record.get("flip_eps") is not None:
             flip_hist[f"{record['flip_eps']:g}"] += 1
-        fragile += bool(record.get("fragile"))
-        probed += 1
+        if record.get("fragile") is not None:
+            fragile += bool(record["fragile"])
+            probed += 1
     return {
         "output": path.name,
         "records": records,
         "screened": sum(decisions.values()),
         "errors": sum(errors.values()),
         "decisions": {"original": decisions.get("original", 0), "recaptured": decisions.get("recaptured", 0)},
-        "fragile": fragile,
+        "fragile": fragile if probed else None,
         "flip_eps_histogram": dict(sorted(flip_hist.items(), key=lambda kv: float(kv[0]))),
         "errors_by_reason": dict(sorted(errors.items())),
         "this_run": {
@@ -489,21 +491,12 @@ def summarize(path: Path, processed: int, skipped: int, seconds: float, tiles: i
             "images_per_second": round(processed / seconds, 2) if seconds > 0 else None,
             "tiles_per_second": round(tiles / seconds, 2) if seconds > 0 else None,
             "ranks": world,
+            "compute": runtime_settings(),
         },
         "settings": {"size": config.size, "threshold": config.threshold, "probe_eps": list(config.probe_eps),
                      "attacks": list(config.attacks), "fragile_eps": config.fragile_eps,
                      "max_pixels": config.max_pixels, "record_version": RECORD_VERSION},
     }
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, ensure_ascii=False, allow_nan=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 CSV_COLUMNS = ("path", "bytes", "sha256", "width", "height", "tiles", "p_recaptured", "decision", "flip_eps",
@@ -514,14 +507,14 @@ def write_csv(jsonl: Path, csv_path: Path) -> None:
     """The records as CSV (no tile maps), streamed, written atomically."""
     import csv
 
-    tmp = csv_path.with_name(csv_path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    def fill(fh) -> None:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for r in iter_records(jsonl):
             row = dict(r, notes="; ".join(r.get("notes") or []))
             writer.writerow(["" if row.get(c) is None else row.get(c) for c in CSV_COLUMNS])
-    os.replace(tmp, csv_path)
+
+    atomic.write_file(csv_path, writer=atomic.text_writer(fill, newline=""))
 
 
 # ----------------------------------------------------------------------------- the job
@@ -541,8 +534,8 @@ def _record(item: FileItem, result: dict | None, config: ScreenConfig, out: Path
         "p_recaptured": _number(p, 6),
         "decision": "recaptured" if result["decision"] == 1 else "original",
         "flip_eps": flip,
-        "flip_attacks": result["flip_attacks"],
-        "fragile": flip is not None and flip <= config.fragile_eps,
+        "flip_attacks": result["flip_attacks"] if config.probed else None,
+        "fragile": (flip is not None and flip <= config.fragile_eps) if config.probed else None,
         "notes": item.notes,
     })
     tile_map = [[_number(v, 4) for v in row] for row in result["tile_map"].tolist()]
@@ -550,10 +543,9 @@ def _record(item: FileItem, result: dict | None, config: ScreenConfig, out: Path
         rec["tile_map"] = tile_map
     else:
         folder = tiles_dir(out)
-        folder.mkdir(exist_ok=True)
         name = f"{item.index:09d}.json"
-        write_json_atomic(folder / name, {"path": rec["path"], "grid": list(item.grid), "size": config.size,
-                                          "tile_map": tile_map})
+        atomic.write_json(folder / name, {"path": rec["path"], "grid": list(item.grid), "size": config.size,
+                                          "tile_map": tile_map}, root=out.parent, mkdir=True)
         rec["tile_map"] = None
         rec["tile_map_file"] = f"{folder.name}/{name}"
     return rec
@@ -577,14 +569,14 @@ def prepare_outputs(out: Path, resume: bool, force: bool, info: dist_helpers.Dis
         raise OutputError(f"--out {out}: exists (use --resume to continue it, or --force to overwrite)")
     if force and info.is_main:
         for p in (out, summary_path(out)):
-            p.unlink(missing_ok=True)
+            atomic.remove(p)
         folder = tiles_dir(out)
         if folder.is_dir():
             for child in folder.iterdir():
                 if child.name.endswith(".json") and child.is_file() and not child.is_symlink():
-                    child.unlink()
-    if force or not resume:
-        own.unlink(missing_ok=True) if info.enabled else None
+                    atomic.remove(child, root=out.parent)
+    if (force or not resume) and info.enabled:
+        atomic.remove(own)
     return own
 
 
@@ -621,6 +613,14 @@ def screen_folder(
         raise DataError(f"{root}: no such file or folder")
     device = next(model.parameters()).device
     model.eval()
+    if out.suffix.lower() in SCREEN_EXTENSIONS:          # before the lock file is named after it
+        raise OutputError(f"--out {out}: give a .jsonl file, not an image name")
+    with lock_outputs(out):
+        return _screen_locked(model, root, out, config, resume, force, csv_out, paths, progress, log, info, device)
+
+
+def _screen_locked(model, root, out: Path, config: ScreenConfig, resume, force, csv_out, paths, progress, log,
+                   info, device) -> ScreenResult:
     own = prepare_outputs(out, resume, force, info)
     dist_helpers.barrier()
     done, previous, cut = (set(), 0, 0)
@@ -692,7 +692,7 @@ def screen_folder(
             for p in parts:
                 p.unlink(missing_ok=True)
         summary = summarize(out, processed, skipped, seconds, tiles, config, info.world)
-        write_json_atomic(summary_path(out), summary)
+        atomic.write_json(summary_path(out), summary)
         if csv_out is not None:
             write_csv(out, Path(csv_out))
     summary = dist_helpers.broadcast_object(summary)

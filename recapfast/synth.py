@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -76,6 +75,8 @@ from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from . import atomic
 
 GENERATOR_VERSION = "recapfast.synth/2"
 CLASS_DIRS = ("original", "recaptured")
@@ -465,8 +466,7 @@ def _work(job: tuple) -> tuple:
     img, params = render_indexed(size, label, index, seed, jpeg_prob)
     data = _png_bytes(img)
     rel = f"{CLASS_DIRS[label]}/{index:06d}.png"
-    with open(os.path.join(out_dir, rel), "wb") as fh:
-        fh.write(data)
+    atomic.write_file(os.path.join(out_dir, rel), data, durable=False)   # regenerable: atomic, not fsynced
     return label, index, rel, hashlib.sha256(data).hexdigest(), params
 
 
@@ -528,8 +528,7 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
         "rng": "numpy.random.default_rng([seed, label, index])",
         "files": files[0] + files[1],
     }
-    with open(out / "manifest.json", "w") as fh:
-        json.dump(manifest, fh, indent=1)
+    atomic.write_json(out / "manifest.json", manifest, indent=1, allow_nan=True)
     return manifest
 
 

@@ -32,11 +32,13 @@ the summed cross-entropy of f(clip(x + delta)) against the clean predictions f(x
 image away from its own decision), by the same projected integer sign ascent over mini-batches.
 
 Files: a UAP is saved as an RGB PNG holding delta + 128 (uint8) with the xi, model, method and
-objective in PNG text chunks, plus a JSON beside it (same name, .json) with the same record.
+objective in PNG text chunks (``recapfast:format`` = ``recapfast-uap/1``, ``recapfast:xi``,
+``recapfast:offset``, ``recapfast:method``, ...), plus a JSON beside it (same name, .json) with the
+same record; both written atomically.  :func:`load_uap` accepts only PNGs that carry recapfast's
+provenance chunks and an xi the pixels respect: any other PNG (a photo) is refused, not applied.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,10 +48,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import atomic
 from .attacks import eval_mode
 from .errors import UserError
 
 UAP_OFFSET = 128
+UAP_FORMAT = "recapfast-uap/1"
+MAX_UAP_PIXELS = 4096 * 4096
 
 
 class UAPError(UserError):
@@ -96,9 +101,9 @@ def conv_activation_means(model: nn.Module, x: torch.Tensor) -> list[torch.Tenso
 
 
 def _check_xi(xi: float) -> int:
-    if xi < 0 or xi > 127:
-        raise UAPError(f"xi must be in [0, 127] grey levels, got {xi:g}")
-    return int(xi)  # delta lives on the integer grid: |delta| <= floor(xi)
+    from .validate import number
+
+    return int(number(xi, "xi", 0.0, 127.0))  # delta lives on the integer grid: |delta| <= floor(xi)
 
 
 def neutral_inputs(count: int, size: int, seed: int, device=None) -> torch.Tensor:
@@ -227,38 +232,50 @@ def save_uap(uap: UAP, path: str | os.PathLike, force: bool = False) -> Path:
     for key in ("xi", "model", "method", "objective", "iterations", "seed"):
         info.add_text(f"recapfast:{key}", str(record[key]))
     info.add_text("recapfast:offset", str(UAP_OFFSET))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(np.ascontiguousarray(arr), mode="RGB").save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    info.add_text("recapfast:format", UAP_FORMAT)
+    image = Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+    atomic.write_file(path, writer=lambda fh: image.save(fh, format="PNG", pnginfo=info), overwrite=force)
     record["offset"] = UAP_OFFSET
     record["file"] = path.name
-    side.write_text(json.dumps(record, indent=2))
+    record["format"] = UAP_FORMAT
+    atomic.write_json(side, record, overwrite=force)
     return path
 
 
 def load_uap(path: str | os.PathLike) -> UAP:
-    """Read a UAP PNG (delta = pixel - offset, offset from its metadata, default 128)."""
+    """Read a UAP PNG written by :func:`save_uap` (provenance chunks required; delta = pixel - 128)."""
     import numpy as np
-    from PIL import Image
+
+    from .imagehead import DecodeError, open_checked
 
     path = Path(path)
     if not path.is_file():
         raise UAPError(f"{path}: no such UAP file")
     try:
-        with Image.open(path) as im:
+        with open(path, "rb") as fh, open_checked(fh, os.fstat(fh.fileno()).st_size, MAX_UAP_PIXELS) as im:
+            if im.format != "PNG":
+                raise UAPError(f"{path}: a UAP is a PNG written by `recapfast uap`, this is {im.format}")
             text = dict(getattr(im, "text", {}) or {})
             if im.mode != "RGB":
                 raise UAPError(f"{path}: a UAP PNG is RGB, this one is {im.mode}")
             arr = np.array(im, dtype=np.int16)
+    except DecodeError as err:
+        raise UAPError(f"{path}: not a usable PNG ({err})") from err
     except (OSError, ValueError, SyntaxError) as err:
         raise UAPError(f"{path}: not a readable PNG ({err})") from err
+    missing = [k for k in ("recapfast:xi", "recapfast:offset", "recapfast:method") if k not in text]
+    if missing:
+        raise UAPError(f"{path}: not a recapfast UAP (no {', '.join(missing)} provenance chunk; make one with "
+                       f"`recapfast uap`)")
     try:
-        offset = int(text.get("recapfast:offset", UAP_OFFSET))
-        delta = torch.from_numpy(arr - offset).permute(2, 0, 1).contiguous()
-        xi = float(text.get("recapfast:xi", int(delta.abs().max())))
+        offset = int(text["recapfast:offset"])
+        xi = float(text["recapfast:xi"])
     except ValueError as err:
         raise UAPError(f"{path}: malformed recapfast metadata ({err})") from err
+    if offset != UAP_OFFSET or not 0 <= xi <= 127:
+        raise UAPError(f"{path}: malformed recapfast metadata (offset {offset}, xi {xi:g}; expected offset "
+                       f"{UAP_OFFSET} and xi in [0, 127])")
+    delta = torch.from_numpy(arr - offset).permute(2, 0, 1).contiguous()
     if delta.numel() and int(delta.abs().max()) > xi:
         raise UAPError(f"{path}: delta reaches {int(delta.abs().max())} grey levels, above its xi {xi:g}")
     return UAP(delta.to(torch.int16), xi, text.get("recapfast:model", ""), text.get("recapfast:method", "unknown"),

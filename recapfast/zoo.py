@@ -33,7 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import BUNDLED, WEIGHTS_DIR, CheckpointError, config_path, load_model
+from .checkpoint import BUNDLED, CONFIG_KEY, CONFIG_SHA_KEY, WEIGHTS_DIR, config_path, load_model, read_config
+from .checkpoint_check import MAX_WIDTH, CheckpointError, check_finite, check_tensors_match, read_header
 from .pixels import InputAdapter, InputConvention, two_class_logits
 
 ZOO_BUNDLED = ("bayar", "meso4")
@@ -140,6 +141,7 @@ def _load_state(model: nn.Module, weights: Path, where: str, what: str) -> None:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{where}: not a valid safetensors file ({err})") from err
+    check_finite(state, where)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -151,28 +153,31 @@ def checkpoint_path(spec: str) -> Path:
 
 
 def load_recapfast(spec: str, device="cpu") -> nn.Module:
-    """A recapfast checkpoint of any architecture (LaplacianCNN through ``checkpoint.load_model``)."""
+    """A recapfast checkpoint of any architecture: LaplacianCNN through ``checkpoint.load_model``; the others with
+    the same checks (``recapfast.checkpoint_check``: config, header, shapes and dtypes before loading, finite values)."""
     if spec in BUNDLED:
         return load_model(spec, device)
     weights = checkpoint_path(spec)
-    cfg = config_path(weights)
-    arch = "LaplacianCNN"
-    if cfg.is_file():
-        try:
-            arch = json.loads(cfg.read_text()).get("model", {}).get("arch", "LaplacianCNN")
-        except (OSError, ValueError, AttributeError):
-            arch = "LaplacianCNN"      # load_model reports the unreadable config
-    if arch == "LaplacianCNN":
-        return load_model(weights, device)
-    from .archs import build
-
-    config = json.loads(cfg.read_text())["model"]
-    try:
-        model = build(arch, config.get("widths"), int(config.get("num_classes", 2)))
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{cfg}: bad model config ({err})") from err
     if not weights.is_file():
         raise CheckpointError(f"{weights}: no such checkpoint")
+    config = read_config(weights)
+    model_cfg = config.get("model") if isinstance(config, dict) else None
+    arch = model_cfg.get("arch", "LaplacianCNN") if isinstance(model_cfg, dict) else "LaplacianCNN"
+    if arch == "LaplacianCNN":
+        return load_model(weights, device)
+    from .archs import CONFIG_NAMES, build
+
+    widths = model_cfg.get("widths")
+    if arch not in CONFIG_NAMES or not isinstance(widths, list) or \
+            not all(isinstance(w, int) and not isinstance(w, bool) and 1 <= w <= MAX_WIDTH for w in widths):
+        raise CheckpointError(f"{config_path(weights)}: model {arch!r} with widths {widths!r} is not a recapfast "
+                              f"architecture with widths in 1..{MAX_WIDTH}")
+    try:
+        model = build(arch, widths, int(model_cfg.get("num_classes", 2)))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{config_path(weights)}: bad model config ({err})") from err
+    tensors, _ = read_header(weights)
+    check_tensors_match(tensors, {k: tuple(v.shape) for k, v in model.state_dict().items()}, weights)
     _load_state(model, weights, str(weights), "the config's architecture")
     return model.to(device).eval()
 
@@ -198,25 +203,28 @@ def load_detector(spec: str, device="cpu", weights=None, convention: InputConven
 
 
 def save_model(model: nn.Module, path, extra: dict | None = None) -> Path:
-    """Write any recapfast architecture as PATH.safetensors + PATH.json (LaplacianCNN: checkpoint.save_checkpoint)."""
+    """Any recapfast architecture as PATH.safetensors (config embedded) + PATH.json, like ``save_checkpoint``."""
     from .checkpoint import save_checkpoint
     from .model import LaplacianCNN
 
     if isinstance(model, LaplacianCNN):
         return save_checkpoint(model, path, extra)
-    from safetensors.torch import save_file
+    import hashlib
+
+    from safetensors.torch import save
+
+    from . import atomic
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoint files end in .safetensors")
-    path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp_w, tmp_c = path.with_name(path.name + ".tmp"), config_path(path).with_name(config_path(path).name + ".tmp")
-    save_file(state, str(tmp_w), metadata={"format": "recapfast", "arch": config["arch"]})
-    tmp_c.write_text(json.dumps({"model": config, **(extra or {})}, indent=2, sort_keys=True))
-    os.replace(tmp_w, path)
-    os.replace(tmp_c, config_path(path))
+    text = json.dumps({"model": config, **(extra or {})}, indent=2, sort_keys=True)
+    metadata = {"format": "recapfast", "arch": config["arch"], CONFIG_KEY: text,
+                CONFIG_SHA_KEY: hashlib.sha256(text.encode("utf-8")).hexdigest()}
+    atomic.write_file(path, save(state, metadata=metadata))
+    atomic.write_text(config_path(path), text)
     return path
 
 

@@ -48,6 +48,17 @@ def write_images(root: Path, count: int, shape=(96, 128, 3), seed: int = 0, fmt:
     return paths
 
 
+def write_labelled(root: Path, per_class: int, shape=(40, 40, 3), seed: int = 0, name: str = "{:06d}.png") -> Path:
+    """A labelled folder: ``per_class`` random PNGs in original/ and recaptured/ (``shape`` may be shape(i))."""
+    rng = np.random.default_rng(seed)
+    for label in ("original", "recaptured"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            size = shape(i) if callable(shape) else shape
+            (root / label / name.format(i)).write_bytes(png_bytes(rng.integers(0, 256, size, dtype=np.uint8)))
+    return root
+
+
 def _chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 

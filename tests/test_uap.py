@@ -68,17 +68,19 @@ def test_png_round_trip_and_metadata(tmp_path):
     with pytest.raises(FileExistsError):
         save_uap(u, path)
     save_uap(u, path, force=True)
-    with pytest.raises(UAPError, match="above its xi"):
-        bad = UAP(u.delta * 2, 7.0)
-        Image.fromarray((bad.delta + 128).permute(1, 2, 0).numpy().astype(np.uint8)).save(tmp_path / "bad.png")
-        load_uap(tmp_path / "bad.png").xi  # no metadata: xi = max |delta| is fine ...
-        from PIL import PngImagePlugin
+    from PIL import PngImagePlugin
 
-        info = PngImagePlugin.PngInfo()
-        info.add_text("recapfast:xi", "7")
-        Image.fromarray((bad.delta + 128).permute(1, 2, 0).numpy().astype(np.uint8)).save(tmp_path / "bad.png",
-                                                                                          pnginfo=info)
-        load_uap(tmp_path / "bad.png")  # ... but a delta above the recorded xi is refused
+    bad = UAP(u.delta * 2, 7.0)
+    pixels = (bad.delta + 128).permute(1, 2, 0).numpy().astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "bad.png")
+    with pytest.raises(UAPError, match="not a recapfast UAP"):      # any PNG without provenance is refused
+        load_uap(tmp_path / "bad.png")
+    info = PngImagePlugin.PngInfo()
+    for key, value in (("xi", "7"), ("offset", "128"), ("method", "data-free")):
+        info.add_text(f"recapfast:{key}", value)
+    Image.fromarray(pixels).save(tmp_path / "bad.png", pnginfo=info)
+    with pytest.raises(UAPError, match="above its xi"):              # a delta above the recorded xi is refused
+        load_uap(tmp_path / "bad.png")
 
 
 def test_evaluator_reports_uap_fooling_rate(small_model):

@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
+from ..atomic import disk_error
 from ..errors import UserError
 
 # Typer >= 0.2x vendors click (its exceptions derive from typer.TyperException); older ones use click.
@@ -23,6 +24,31 @@ try:
     _ABORTS: tuple = (typer.Abort, _click_mod.Abort)
 except ImportError:
     _ABORTS = (typer.Abort,)
+_NO_ARGS: tuple = tuple(t for t in (getattr(getattr(getattr(typer, "_click", None), "exceptions", None),
+                                            "NoArgsIsHelpError", None),
+                                    getattr(getattr(sys.modules.get("click"), "exceptions", None),
+                                            "NoArgsIsHelpError", None)) if t is not None)
+
+
+def _flags_without_type() -> None:
+    """Help shows boolean flags as flags: this Typer's rich help would print ``--force <bool>``."""
+    from typer.core import TyperOption
+
+    original = TyperOption.display_type_rich
+    if getattr(original, "_recapfast", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) or getattr(self, "count", False) else original(self, ctx)
+
+    display_type_rich._recapfast = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+try:
+    _flags_without_type()
+except (ImportError, AttributeError):  # pragma: no cover - another Typer layout: its own help rendering
+    pass
 
 
 class _Group(TyperGroup):
@@ -31,6 +57,11 @@ class _Group(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NO_ARGS as err:  # `recapfast` alone: the help (rich help is printed while it is built)
+            text = err.format_message()
+            if text.strip():
+                print(text)
+            sys.exit(0)
         except _USAGE_ERRORS as err:  # usage errors: bad option, missing argument, bad path
             ctx = getattr(err, "ctx", None)
             where = f"{ctx.command_path}: " if ctx is not None else ""
@@ -40,7 +71,16 @@ class _Group(TyperGroup):
             print("recapfast: aborted", file=sys.stderr)
             sys.exit(1)
         except (UserError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
-            print(f"recapfast: error: {err}", file=sys.stderr)
+            mapped = disk_error(err, err.filename) if isinstance(err, OSError) and err.filename else None
+            print(f"recapfast: error: {mapped or err}", file=sys.stderr)
+            sys.exit(1)
+        except OSError as err:  # disk full, read-only, quota: one line naming the path, exit 1
+            mapped = disk_error(err, err.filename or "an output file")
+            if mapped is None:
+                traceback.print_exc(file=sys.stderr)
+                print(f"recapfast: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+                sys.exit(2)
+            print(f"recapfast: error: {mapped}", file=sys.stderr)
             sys.exit(1)
         except Exception as err:  # noqa: BLE001 - the last resort: report, exit 2
             traceback.print_exc(file=sys.stderr)
@@ -64,6 +104,9 @@ def _root(
     backend: Annotated[Optional[str], typer.Option(
         "--backend", help="Op backend: auto (extension if it builds, else PyTorch), ext, torch. "
                           "Default: $RECAPFAST_BACKEND or auto.")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        "--threads", help="Torch intra-op threads. Default: $RECAPFAST_THREADS, else the cores the 1-minute "
+                          "load average leaves free (at least 1); recorded in result files.")] = None,
 ) -> None:
     """recapfast command line."""
     if backend is not None:
@@ -73,6 +116,12 @@ def _root(
             ops.set_backend(backend)
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="--backend") from err
+    from .. import runtime
+
+    try:
+        runtime.apply_threads(threads)
+    except ValueError as err:
+        raise typer.BadParameter(str(err), param_hint="--threads") from err
 
 
 # Option aliases shared by the commands.
@@ -105,14 +154,13 @@ def resolve_device(name: str):
     return device
 
 
+
+
 def parse_floats(text: str, option: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=option) from err
-    if not values or any(v < 0 for v in values):
-        raise typer.BadParameter(f"{text!r}: give one or more non-negative numbers", param_hint=option)
-    return values
+    """Comma-separated finite, non-negative numbers (eps-like values go through recapfast.validate.parse_eps)."""
+    from ..validate import number, parse_numbers
+
+    return [number(v, option, 0.0) for v in parse_numbers(text, option)]
 
 
 def parse_attacks(text: str, allowed) -> list[str]:
@@ -125,17 +173,16 @@ def parse_attacks(text: str, allowed) -> list[str]:
 
 
 def check_new_file(path: Optional[Path], force: bool, option: str) -> None:
-    if path is not None and path.exists() and not force:
-        raise typer.BadParameter(f"{path} exists (use --force to overwrite)", param_hint=option)
+    """An output file: its folder exists, it is new unless --force (recapfast.validate's one rule)."""
+    from ..validate import output_file
+
+    output_file(path, option, force)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    import os
+    from ..atomic import write_text
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def stderr_console(quiet: bool):

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
-                   app, parse_attacks, parse_floats, progress_bar, resolve_device, stderr_console)
+                   app, parse_attacks, progress_bar, resolve_device, stderr_console)
 from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
                       SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
@@ -15,11 +15,20 @@ from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt,
 @app.command("attack")
 def attack_command(
     data: ExistingDir,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force).")],
-    attack: Annotated[str, typer.Option("--attack", help="One of fgsm, llcm, bim, illc, pgd, mifgsm, apgd, square.")
-    ] = "fgsm",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force/--resume; "
+                                                          "its parent must exist).")],
+    attack: Annotated[str, typer.Option("--attack", help="fgsm, llcm, an iterative attack: bim, illc, pgd, "
+                                                         "mifgsm, apgd, or square (black-box).")] = "fgsm",
     eps: Annotated[str, typer.Option("--eps", help="eps in grey levels.")] = "2",
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterations of bim/illc/pgd/mifgsm.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attacks: iterations (default "
+                                                 "Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative attacks: step in grey "
+                                                       "levels (default 1).")] = None,
+    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    full_size: Annotated[bool, typer.Option("--full-size", help="Write the whole adversarial image (every tile "
+                                            "of the --size grid attacked in place), not a crop.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip the files its manifest.jsonl "
+                                                          "already holds.")] = False,
     apgd_steps: ApgdStepsOpt = 100,
     apgd_restarts: ApgdRestartsOpt = 1,
     square_queries: SquareQueriesOpt = 1000,
@@ -44,16 +53,21 @@ def attack_command(
     from ..export import export_adversarial
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
     from ..trust import EXTRA_ATTACKS
+    from ..validate import ArgumentError, check_step_size, output_dir, parse_eps
     from ._models import load_cli_model, trust_config
 
     attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    eps_values = parse_floats(eps, "--eps")
+    eps_values = parse_eps(eps, "--eps", True, attacks)
     if len(attacks) != 1 or len(eps_values) != 1:
-        raise typer.BadParameter("attack writes one attack at one eps per run", param_hint="--attack/--eps")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise typer.BadParameter(f"{out} exists and is not empty (use --force to write into it)", param_hint="--out")
+        raise ArgumentError("--attack/--eps: attack writes one attack at one eps per run")
+    if resume and force:
+        raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
+    if tile and full_size:
+        raise ArgumentError("--tile and --full-size exclude each other")
+    step_size = check_step_size(step_size, True)
+    output_dir(out, "--out", force, resume, resumable=True)
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
-        raise typer.BadParameter(f"{out} is inside the input folder {data}", param_hint="--out")
+        raise ArgumentError(f"--out {out}: is inside the input folder {data}")
     console = stderr_console(quiet)
     net = load_cli_model(model, resolve_device(device), weights, input_range, mean, std)
     extra = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed)
@@ -62,9 +76,12 @@ def attack_command(
     with bar:
         result = export_adversarial(net, data, out, attacks[0], eps_values[0], size=size, tile=tile,
                                     batch_size=batch_size, workers=workers, model_name=model, progress=advance,
-                                    iterative=IterativeConfig(steps=steps, seed=attack_seed), extra=extra,
                                     on_error=None if quiet else (lambda p, r: console.print(
-                                        f"skipped {p}: {r}", markup=False, highlight=False)))
+                                        f"skipped {p}: {r}", markup=False, highlight=False)),
+                                    full_size=full_size, resume=resume, force=force,
+                                    iterative=IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed),
+                                    extra=extra)
     acc = "" if result.labelled == 0 else f"; adversarial accuracy {100 * result.accuracy:.1f}%"
+    kept = f", {result.skipped} already done" if result.skipped else ""
     typer.echo(f"{attacks[0].upper()} eps {eps_values[0]:g}: wrote {result.patches} PNGs for {result.files} files "
-               f"to {out} ({len(result.errors)} skipped){acc}; manifest {out / 'manifest.json'}")
+               f"to {out} ({len(result.errors)} skipped{kept}){acc}; manifest {out / 'manifest.json'}")

@@ -24,6 +24,10 @@ def demo_command(
     from ..evaluate import evaluate_folder
     from ..synth import synthesize
 
+    if folder is not None:
+        from ..validate import output_dir
+
+        output_dir(folder, "FOLDER", force=True)     # created if missing; its parent must exist
     console = stderr_console(quiet)
     dev = resolve_device(device)
     start = time.perf_counter()

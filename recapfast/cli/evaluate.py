@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
-                   WorkersOpt, app, check_new_file, parse_floats, progress_bar, resolve_device, stderr_console,
-                   write_text_atomic)
+                   WorkersOpt, app, check_new_file, progress_bar, resolve_device, stderr_console, write_text_atomic)
 from ._models import (ATTACK_HELP, AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
                       SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
@@ -22,7 +21,7 @@ def eval_command(
     ] = "fgsm,llcm",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterations of the iterative attacks "
                                                  "(default: Kurakin's floor(min(eps+4, 1.25 eps)) per eps).")] = None,
-    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.0, help="Step of the iterative attacks "
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="Step of the iterative attacks "
                                                        "in grey levels (default 1).")] = None,
     pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
     apgd_steps: ApgdStepsOpt = 100,
@@ -38,6 +37,8 @@ def eval_command(
     heatmap: Annotated[Optional[Path], typer.Option("--heatmap", file_okay=False, help="Also write a tile map of "
                                                     "P(recaptured) as a PNG heatmap per image with >= 2 tiles of "
                                                     "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
+    metrics: Annotated[str, typer.Option("--metrics", help="Perturbation metrics per attack and eps: full "
+                                         "(L-inf, L2, PSNR, SSIM), fast (no SSIM), none (accuracy only).")] = "full",
     model: AnyModelOpt = "baseline",
     weights: WeightsOpt = None,
     input_range: InputRangeOpt = "255",
@@ -57,18 +58,22 @@ def eval_command(
 ) -> None:
     """Evaluate a detector on a labelled folder, clean and under attack (the paper's Tables 1-3)."""
     from ..attacks import ATTACKS
-    from ..data import discover
+    from ..data import DataError, discover
     from ..evaluate import evaluate_folder
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from ..lock import lock_outputs
     from ..trust import EXTRA_ATTACKS
+    from ..validate import check_step_size, output_dir, parse_eps
     from ._models import load_cli_model, parse_attack_names, trust_config
 
-    eps_values = parse_floats(eps, "--eps")
+    from ..metrics import METRIC_LEVELS
+
+    if metrics not in METRIC_LEVELS:
+        raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
     attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     trust = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed, jpeg)
-    if step_size is not None and quantize and step_size < 0.5:
-        raise typer.BadParameter(f"{step_size:g} rounds back onto the same uint8 value; use >= 0.5 or --no-quantize",
-                                 param_hint="--step-size")
+    eps_values = parse_eps(eps, "--eps", quantize, attacks)
+    step_size = check_step_size(step_size, quantize)
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:
@@ -76,11 +81,7 @@ def eval_command(
 
         universal = load_uap(uap)
     if heatmap is not None:
-        from ..localize import check_output_dir
-
-        if heatmap.exists() and (not heatmap.is_dir() or any(heatmap.iterdir())) and not force:
-            raise typer.BadParameter(f"{heatmap} exists and is not empty (use --force to write into it)",
-                                     param_hint="--heatmap")
+        output_dir(heatmap, "--heatmap", force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
         check_new_file(path, force, option)
     from .. import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
@@ -88,33 +89,34 @@ def eval_command(
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main
     console = stderr_console(quiet)
-    net = load_cli_model(model, distributed.rank_device(resolve_device(device), dist_info), weights, input_range, mean,
-                         std)
-    samples = discover(data)
-    bar, advance = progress_bar(console, len(samples), f"eval {model}")
-    on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))
-    with bar:
-        result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
-                                 workers=workers, quantize=quantize, model_name=model, progress=advance,
-                                 on_error=None if quiet else on_error, samples=samples, iterative=iterative,
-                                 uap=universal, trust=trust)
-    distributed.shutdown()
-    if not dist_info.is_main:
-        return
-    typer.echo(result.to_markdown())
-    if heatmap is not None:
-        from ..localize import write_heatmaps
-
-        check_output_dir(heatmap, force)
-        bar, advance = progress_bar(console, len(samples), "heatmaps")
+    with lock_outputs(json_out, csv_out, md_out, heatmap):
+        net = load_cli_model(model, distributed.rank_device(resolve_device(device), dist_info), weights, input_range,
+                             mean, std)
+        samples = discover(data)
+        bar, advance = progress_bar(console, len(samples), f"eval {model}")
+        on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))
         with bar:
-            records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)
-        written = sum(r.heatmap is not None for r in records)
-        typer.echo(f"wrote {written} heatmap(s) ({len(records) - written} image(s) with fewer than 2 tiles or "
-                   f"unreadable) and {heatmap / 'heatmaps.json'}")
-    if json_out is not None:
-        write_text_atomic(json_out, result.to_json())
-    if csv_out is not None:
-        write_text_atomic(csv_out, result.to_csv())
-    if md_out is not None:
-        write_text_atomic(md_out, result.to_markdown())
+            result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
+                                     workers=workers, quantize=quantize, model_name=model, progress=advance,
+                                     on_error=None if quiet else on_error, samples=samples, iterative=iterative,
+                                     uap=universal, metrics=metrics, trust=trust)
+        distributed.shutdown()
+        if result.files == 0:
+            first = f" (first: {result.errors[0]['path']}: {result.errors[0]['error']})" if result.errors else ""
+            raise DataError(f"{data}: no file could be used; {len(result.errors)} skipped{first}")
+        if not dist_info.is_main:
+            return
+        for path, text in ((json_out, result.to_json), (csv_out, result.to_csv), (md_out, result.to_markdown)):
+            if path is not None:
+                write_text_atomic(path, text())
+        typer.echo(result.to_markdown())
+        if heatmap is not None:
+            from ..localize import check_output_dir, write_heatmaps
+
+            check_output_dir(heatmap, force)
+            bar, advance = progress_bar(console, len(samples), "heatmaps")
+            with bar:
+                records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)
+            written = sum(r.heatmap is not None for r in records)
+            typer.echo(f"wrote {written} heatmap(s) ({len(records) - written} image(s) with fewer than 2 tiles or "
+                       f"unreadable) and {heatmap / 'heatmaps.json'}")

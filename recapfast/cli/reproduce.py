@@ -35,7 +35,13 @@ def reproduce_command(
 ) -> None:
     """Synthesize (or read) data per size, split 40/10/50, train Yang's baseline and the robust model,
     evaluate clean/FGSM/LLCM at eps 1..5, and write the report; rerun the same command to resume."""
+    from ..lock import lock_outputs
     from ..reproduce import ReproduceConfig, reproduce
+    from ..validate import number, output_dir
+
+    number(lr, "--lr", 0.0, lo_open=True)
+    number(penalty, "--penalty", 0.0)
+    output_dir(out, "OUT", force=True)         # created if missing; its parent must exist (reproduce resumes OUT)
 
     try:
         size_values = tuple(int(s) for s in sizes.split(",") if s.strip())
@@ -46,6 +52,7 @@ def reproduce_command(
                              data=str(data) if data is not None else None)
     console = stderr_console(quiet)
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
-    result = reproduce(out, config, device=resolve_device(device), force=force, workers=workers, log=log,
-                       notes=notes.read_text() if notes is not None else None)
+    with lock_outputs(out):
+        result = reproduce(out, config, device=resolve_device(device), force=force, workers=workers, log=log,
+                           notes=notes.read_text() if notes is not None else None)
     typer.echo(f"{result.report}")

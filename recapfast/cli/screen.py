@@ -7,21 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ForceOpt, ModelOpt, QuietOpt, WorkersOpt, app, check_new_file, progress_bar,
-                   resolve_device, stderr_console)
-
-
-def parse_probe_eps(text: str) -> list[float]:
-    if text.strip().lower() in ("", "none", "off", "0"):
-        return []
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers (or 'none')",
-                                 param_hint="--probe-eps") from err
-    if any(v <= 0 for v in values):
-        raise typer.BadParameter(f"{text!r}: probe eps must be > 0 grey levels", param_hint="--probe-eps")
-    return sorted(set(values))
+from ._app import (BatchOpt, DeviceOpt, ForceOpt, ModelOpt, QuietOpt, WorkersOpt, app, progress_bar, resolve_device,
+                   stderr_console)
 
 
 @app.command("screen")
@@ -33,7 +20,8 @@ def screen_command(
     model: ModelOpt = "baseline",
     size: Annotated[int, typer.Option("--size", min=8, help="Tile size in pixels (the model's patch size).")] = 64,
     probe_eps: Annotated[str, typer.Option("--probe-eps", help="Eps (grey levels) probed with FGSM and LLCM to "
-                                           "find the smallest that flips the decision; 'none' to skip.")] = "1,2,3,4,5",
+                                           "find the smallest that flips the decision (each >= 0.5, <= 255); "
+                                           "'none' to skip (then flip_eps and fragile are null).")] = "1,2,3,4,5",
     threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0,
                                              help="Decision: recaptured when mean tile p >= this.")] = 0.5,
     fragile_eps: Annotated[float, typer.Option("--fragile-eps", min=0.0,
@@ -56,11 +44,15 @@ def screen_command(
     from ..checkpoint import load_model
     from ..screen import ScreenConfig, screen_folder
 
-    eps_values = parse_probe_eps(probe_eps)
+    from ..validate import number, output_file, parse_probe_eps
+
+    eps_values = parse_probe_eps(probe_eps) or []
+    threshold = number(threshold, "--threshold", 0.0, 1.0)
+    fragile_eps = number(fragile_eps, "--fragile-eps", 0.0, 255.0)
     if resume_by not in ("stat", "sha256"):
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
-    if csv_out is not None and not resume:
-        check_new_file(csv_out, force, "--csv")
+    output_file(out, "--out", force, resume, resumable=True)
+    output_file(csv_out, "--csv", force, resume)
     dev = resolve_device(device)
     info = distributed.init(dev)
     dev = distributed.rank_device(dev, info)
@@ -80,3 +72,8 @@ def screen_command(
         distributed.shutdown()
     if info.is_main:
         typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
+    if result.summary["screened"] == 0:
+        from ..data import DataError
+
+        raise DataError(f"{data}: no file could be screened ({result.summary['records']} error record(s) in {out})"
+                        if result.summary["records"] else f"{data}: no image files found")

@@ -21,11 +21,15 @@ def synth_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesize originals (one camera capture) and recaptures (display + second capture) of random scenes."""
+    from ..lock import lock_outputs
     from ..synth import synthesize
+    from ..validate import number, output_dir
 
+    number(jpeg_prob, "--jpeg-prob", 0.0, 1.0)
+    output_dir(out, "OUT", force=True)         # created if missing; its parent must exist (synth refuses old images)
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, 2 * count, "synth")
-    with bar:
+    with lock_outputs(out), bar:
         manifest = synthesize(out, size=size, count=count, seed=seed, workers=workers, jpeg_prob=jpeg_prob,
                               progress=advance)
     typer.echo(f"wrote {2 * count} images ({count} original + {count} recaptured, {size}x{size}) to {out}; "

@@ -44,27 +44,35 @@ def train_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a detector (LaplacianCNN, or --arch); keeps the best checkpoint by validation (clean + FGSM eps 2)."""
-    from ..train import TrainConfig, resume_path, train
-
     from ..archs import ARCHS, build
+    from ..lock import lock_outputs
+    from ..train import TrainConfig, train
+    from ..validate import ArgumentError, check_widths, number, output_file
 
+    # Every argument is checked before anything is deleted or allocated (--force removes the old
+    # checkpoint only inside train(), after the data were checked too).
     if arch not in ARCHS:
-        raise typer.BadParameter(f"{arch!r}; choose from {', '.join(ARCHS)}", param_hint="--arch")
+        raise ArgumentError(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
     if init is not None and widths is not None:
-        raise typer.BadParameter("--init takes the checkpoint's widths; drop --widths", param_hint="--widths")
-    try:
-        width_values = ARCHS[arch][1] if widths is None else tuple(int(w) for w in widths.split(","))
-        build(arch, width_values)
-    except ValueError as err:
-        raise typer.BadParameter(f"{widths!r}: {err}", param_hint="--widths") from err
+        raise ArgumentError("--widths: --init takes the checkpoint's architecture and widths; drop --widths")
+    if arch == "laplacian":
+        width_values = check_widths(widths if widths is not None else ",".join(map(str, ARCHS[arch][1])))
+    else:
+        try:
+            width_values = ARCHS[arch][1] if widths is None else tuple(int(w) for w in widths.split(","))
+            build(arch, width_values)
+        except ValueError as err:
+            raise ArgumentError(f"--widths {widths!r}: {err}") from err
+    for value, option, lo, lo_open in ((lr, "--lr", 0.0, True), (lr_decay, "--lr-decay", 0.0, True),
+                                       (penalty, "--penalty", 0.0, False), (adv_weight, "--adv-weight", 0.0, False)):
+        number(value, option, lo, lo_open=lo_open)
+    if resume and force:
+        raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
+    output_file(out, "--out", force=True)              # its folder exists, not a folder or symlink
     from .. import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
 
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main
-    if force and not resume and dist_info.is_main:
-        for path in (out, out.with_suffix(".json"), resume_path(out)):
-            path.unlink(missing_ok=True)
-    distributed.barrier()
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
                          robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
                          val_every=val_every, size=size, seed=seed, widths=width_values, arch=arch,
@@ -72,10 +80,11 @@ def train_command(
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
-    with bar:
+    config.validate()
+    with lock_outputs(out), bar:
         result = train(data, out, config, val_dir=val,
                        device=distributed.rank_device(resolve_device(device), dist_info), workers=workers,
-                       resume=resume, log=log, progress=advance)
+                       resume=resume, log=log, progress=advance, force=force)
     distributed.shutdown()
     if not dist_info.is_main:
         return

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SeedOpt, SizeOpt, app, check_new_file,
-                   parse_floats, progress_bar, resolve_device, stderr_console, write_text_atomic)
+                   progress_bar, resolve_device, stderr_console, write_text_atomic)
 from ._models import (ATTACK_HELP, ApgdRestartsOpt, ApgdStepsOpt, InputRangeOpt, MeanOpt, SquareQueriesOpt,
                       SquareRestartsOpt, StdOpt)
 
@@ -34,7 +34,7 @@ def transfer_command(
     mean: MeanOpt = None,
     std: StdOpt = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
-    step_size: Annotated[Optional[float], typer.Option("--step-size", min=0.5, help="Iterative step (grey levels).")]
+    step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
     uap_iters: Annotated[int, typer.Option("--uap-iters", min=1, help="Data-free UAP ascent steps.")] = 100,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the matrix as JSON here.")] = None,
@@ -48,49 +48,51 @@ def transfer_command(
 ) -> None:
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
     from ..attacks import ATTACKS
-    from ..data import discover
+    from ..data import DataError, discover
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from ..lock import lock_outputs
     from ..transfer import cross_model_matrix, transfer_matrix
     from ..trust import EXTRA_ATTACKS
-    from ..zoo import kind_of
+    from ..validate import ArgumentError, check_step_size, parse_eps, parse_xi
+    from ..zoo import kind_of, load_detector
     from ._models import convention, parse_attack_names, trust_config
 
     attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    eps_values = parse_floats(eps, "--eps")
-    xi_values = parse_floats(xi, "--xi") if xi is not None and xi.strip() else []
-    if any(v > 127 for v in xi_values):
-        raise typer.BadParameter(f"{xi!r}: xi is at most 127 grey levels", param_hint="--xi")
+    eps_values = parse_eps(eps, "--eps", True, attacks)
+    xi_values = parse_xi(xi, "--xi", allow_empty=True) if xi is not None else []
+    if cross and xi_values:
+        raise ArgumentError("--xi: --cross makes no UAPs; drop --xi")
+    step_size = check_step_size(step_size, True)
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
     for path, option in ((json_out, "--json"), (md_out, "--md")):
         check_new_file(path, force, option)
-    if cross and xi_values:
-        raise typer.BadParameter("--cross makes no UAPs; drop --xi", param_hint="--xi")
     console = stderr_console(quiet)
     dev = resolve_device(device)
-    from ..zoo import load_detector
-
-    conv = convention(input_range, mean, std)
-    names = list(dict.fromkeys([source] + targets))
-    # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
-    models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv) for name in names}
-    if xi is None and not cross and hasattr(models[source], "units"):
-        xi_values = [5.0]
-    samples = discover(data)
-    common = dict(size=size, batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
-                  seed=seed, samples=samples,
-                  extra=trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, seed))
-    bar, advance = progress_bar(console, len(samples) * (len(names) if cross else 1),
-                                "cross-model transfer" if cross else f"transfer from {source}")
-    with bar:
-        if cross:
-            result = cross_model_matrix(models, data, attacks, eps_values, progress=advance, **common)
-        else:
-            result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values,
-                                     uap_iterations=uap_iters, progress=advance, **common)
+    with lock_outputs(json_out, md_out):
+        conv = convention(input_range, mean, std)
+        names = list(dict.fromkeys([source] + targets))
+        # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
+        models = {n: load_detector(n, dev, None, None if kind_of(n) == "checkpoint" else conv) for n in names}
+        if xi is None and not cross and hasattr(models[source], "units"):
+            xi_values = [5.0]
+        samples = discover(data)
+        common = dict(size=size, batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
+                      seed=seed, samples=samples,
+                      extra=trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, seed))
+        bar, advance = progress_bar(console, len(samples) * (len(names) if cross else 1),
+                                    "cross-model transfer" if cross else f"transfer from {source}")
+        with bar:
+            if cross:
+                result = cross_model_matrix(models, data, attacks, eps_values, progress=advance, **common)
+            else:
+                result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values,
+                                         uap_iterations=uap_iters, progress=advance, **common)
+        if (next(iter(result.blocks.values())) if cross else result).patches == 0:
+            raise DataError(f"{data}: no file could be used (every file was skipped)")
+        if json_out is not None:
+            write_text_atomic(json_out, result.to_json())
+        if md_out is not None:
+            write_text_atomic(md_out, result.to_markdown())
     typer.echo(result.to_markdown())
-    if json_out is not None:
-        write_text_atomic(json_out, result.to_json())
-    if md_out is not None:
-        write_text_atomic(md_out, result.to_markdown())

@@ -19,7 +19,9 @@ from typing import Sequence
 import torch
 
 from . import _build
-from .reference import laplace_conv_reference, laplacian, perturb_reference
+from .reference import (laplace_conv_reference, laplacian, perturb_reference, relu_pool_backward_reference,
+                        relu_pool_reference, stem_pool_backward_reference, stem_pool_reference,
+                        adv_metrics_reference)
 
 _VALID = ("auto", "ext", "torch")
 _requested: str | None = None
@@ -77,12 +79,18 @@ def active_backend() -> str:
     return "torch"
 
 
-def _ext_serves(x: torch.Tensor) -> bool:
-    """Whether the extension has kernels for this tensor's device (CPU always; CUDA when compiled in)."""
+def _ext_serves(x: torch.Tensor, cuda_kernel: bool = True) -> bool:
+    """Whether the extension has kernels for this tensor's device (CPU always; CUDA when compiled in).
+
+    ``cuda_kernel=False``: the op has CPU kernels only (CUDA tensors use the reference, which runs
+    on cuDNN/ATen kernels there), so a CUDA tensor is simply not served, even under ``ext``.
+    """
     if active_backend() != "ext":
         return False
-    if x.device.type == "cpu" or (x.device.type == "cuda" and _build.STATE.with_cuda):
+    if x.device.type == "cpu" or (x.device.type == "cuda" and _build.STATE.with_cuda and cuda_kernel):
         return True
+    if not cuda_kernel:
+        return False
     if requested_backend() == "ext":
         raise RuntimeError(f"RECAPFAST_BACKEND=ext but the recapfast extension has no kernels for {x.device.type} "
                            "tensors (it was built without CUDA); use RECAPFAST_BACKEND=auto or torch")
@@ -115,6 +123,63 @@ def laplace_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
             and tuple(weight.shape[2:]) == (3, 3) and weight.device == x.device and _ext_serves(x)):
         return torch.ops.recapfast.laplace_conv(x, weight, bias)
     return laplace_conv_reference(x, weight, bias)
+
+
+def relu_pool(h: torch.Tensor) -> torch.Tensor:
+    """ReLU then the model's 5x5 / stride 2 / pad 2 average pooling (count_include_pad=False).
+
+    float32 [N, C, H, W]; the result is channels_last. Bit-exact with :func:`reference.relu_pool_reference`.
+    Not differentiable (the model's autograd path uses the reference modules; the fast input-gradient
+    engine calls :func:`relu_pool_backward` itself).
+    """
+    if h.dim() == 4 and h.dtype == torch.float32 and h.shape[-1] and h.shape[-2] and _ext_serves(h, cuda_kernel=False):
+        return torch.ops.recapfast.relu_pool(h)
+    return relu_pool_reference(h)
+
+
+def relu_pool_backward(grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Input gradient of :func:`relu_pool` at h for k cotangents stacked over h's batch (see the reference)."""
+    if (h.dim() == 4 and grad_out.dim() == 4 and h.dtype == torch.float32 and grad_out.dtype == torch.float32
+            and h.shape[-1] and h.shape[-2] and grad_out.device == h.device and _ext_serves(h, cuda_kernel=False)):
+        return torch.ops.recapfast.relu_pool_backward(grad_out, h)
+    return relu_pool_backward_reference(grad_out, h)
+
+
+def stem_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+              keep_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's first unit (BatchNorm folded into weight/bias): relu_pool(laplace_conv(x, weight, bias)).
+
+    x uint8/float32 [N, Cin, H, W]; returns (pooled [N, Cout, H2, W2], pre-activation [N, Cout, H, W] or an
+    empty tensor unless ``keep_pre``), both channels_last. Equal to the reference up to float rounding.
+    """
+    if (x.dim() == 4 and x.dtype in (torch.uint8, torch.float32) and x.shape[-1] and x.shape[-2]
+            and weight.dtype == torch.float32 and bias is not None and bias.dtype == torch.float32
+            and weight.device == x.device and _ext_serves(x, cuda_kernel=False)):
+        return torch.ops.recapfast.stem_pool(x, weight, bias, bool(keep_pre))
+    return stem_pool_reference(x, weight, bias, keep_pre)
+
+
+def stem_pool_backward(grad_out: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Input gradient of :func:`stem_pool` for k cotangents stacked over pre's batch: [k*N, Cin, H, W] float32."""
+    if (grad_out.dtype == torch.float32 and pre.dtype == torch.float32 and weight.dtype == torch.float32
+            and pre.dim() == 4 and pre.shape[-1] and pre.shape[-2] and _ext_serves(pre, cuda_kernel=False)):
+        return torch.ops.recapfast.stem_pool_backward(grad_out, pre, weight)
+    return stem_pool_backward_reference(grad_out, pre, weight)
+
+
+def adv_metrics(x: torch.Tensor, adv: torch.Tensor, ssim: bool = True) -> torch.Tensor:
+    """(SSIM, sum of squared differences, max |difference|) of every adversarial image: float64 [K, B, 3].
+
+    x [B, C, H, W] and adv [K, B, C, H, W], uint8 or float32 pixels; SSIM as recapfast.metrics.ssim
+    (NaN below 11x11 or when ``ssim`` is false). The clean image's local statistics are filtered once
+    for all K adversarial versions (see csrc/cpu/adv_metrics.cpp).
+    """
+    if (x.dim() == 4 and adv.dim() == 5 and x.shape[1] and x.dtype in (torch.uint8, torch.float32)
+            and adv.dtype in (torch.uint8, torch.float32) and adv.device == x.device
+            and _ext_serves(x, cuda_kernel=False)):
+        planes = torch.ops.recapfast.adv_metrics(x, adv, bool(ssim))             # [K, B, C, 3]
+        return torch.stack([planes[..., 0].mean(-1), planes[..., 1].sum(-1), planes[..., 2].amax(-1)], -1)
+    return adv_metrics_reference(x, adv, ssim)
 
 
 def doctor_info(build: bool = True) -> dict:
@@ -181,5 +246,5 @@ def doctor_info(build: bool = True) -> dict:
     return info
 
 
-__all__ = ["perturb", "laplace_conv", "laplacian", "set_backend", "active_backend", "requested_backend",
+__all__ = ["perturb", "laplace_conv", "laplacian", "relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "adv_metrics", "set_backend", "active_backend", "requested_backend",
            "perturb_reference", "laplace_conv_reference", "doctor_info"]

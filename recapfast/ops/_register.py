@@ -34,6 +34,41 @@ def _laplace_conv_backward_fake(grad_out, x, weight, output_mask):
     return tuple(x.new_empty(shape if keep else (0,), dtype=dtype) for shape, keep in zip(shapes, output_mask))
 
 
+def _pooled(n: int) -> int:
+    return (n - 1) // 2 + 1
+
+
+def _relu_pool_fake(h):
+    torch._check(h.dim() == 4, lambda: "relu_pool: 4-d h expected")
+    return h.new_empty((h.shape[0], h.shape[1], _pooled(h.shape[2]), _pooled(h.shape[3]))).contiguous(
+        memory_format=torch.channels_last)
+
+
+def _relu_pool_backward_fake(grad_out, h):
+    torch._check(h.dim() == 4 and grad_out.dim() == 4, lambda: "relu_pool_backward: 4-d tensors expected")
+    return h.new_empty((grad_out.shape[0], *h.shape[1:])).contiguous(memory_format=torch.channels_last)
+
+
+def _stem_pool_fake(x, weight, bias, keep_pre):
+    torch._check(x.dim() == 4 and weight.dim() == 4, lambda: "stem_pool: 4-d x and weight expected")
+    n, cout, h, w = x.shape[0], weight.shape[0], x.shape[2], x.shape[3]
+    pooled = x.new_empty((n, cout, _pooled(h), _pooled(w)), dtype=torch.float32).contiguous(
+        memory_format=torch.channels_last)
+    pre = (x.new_empty((n, cout, h, w), dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+           if keep_pre else x.new_empty((0,), dtype=torch.float32))
+    return pooled, pre
+
+
+def _stem_pool_backward_fake(grad_out, pre, weight):
+    torch._check(pre.dim() == 4 and weight.dim() == 4, lambda: "stem_pool_backward: 4-d tensors expected")
+    return pre.new_empty((grad_out.shape[0], weight.shape[1], pre.shape[2], pre.shape[3]))
+
+
+def _adv_metrics_fake(x, adv, ssim):
+    torch._check(x.dim() == 4 and adv.dim() == 5, lambda: "adv_metrics: x [B, C, H, W] and adv [K, B, C, H, W]")
+    return x.new_empty((adv.shape[0], x.shape[0], x.shape[1], 3), dtype=torch.float64)
+
+
 def _laplace_conv_setup(ctx, inputs, output):
     x, weight, bias = inputs
     ctx.save_for_backward(x, weight)
@@ -85,6 +120,11 @@ def register() -> None:
     lib.register_fake("recapfast::perturb")(_perturb_fake)
     lib.register_fake("recapfast::laplace_conv")(_laplace_conv_fake)
     lib.register_fake("recapfast::laplace_conv_backward")(_laplace_conv_backward_fake)
+    lib.register_fake("recapfast::relu_pool")(_relu_pool_fake)
+    lib.register_fake("recapfast::relu_pool_backward")(_relu_pool_backward_fake)
+    lib.register_fake("recapfast::stem_pool")(_stem_pool_fake)
+    lib.register_fake("recapfast::stem_pool_backward")(_stem_pool_backward_fake)
+    lib.register_fake("recapfast::adv_metrics")(_adv_metrics_fake)
     lib.register_autograd("recapfast::laplace_conv", _laplace_conv_bwd, setup_context=_laplace_conv_setup)
     lib.register_autograd("recapfast::laplace_conv_backward", _laplace_conv_backward_bwd,
                           setup_context=_laplace_conv_backward_setup)

@@ -13,7 +13,8 @@ import contextlib
 
 import torch
 
-from .reference import laplace_conv_reference, perturb_reference
+from .reference import (laplace_conv_reference, perturb_reference, relu_pool_backward_reference,
+                        relu_pool_reference, stem_pool_backward_reference, stem_pool_reference)
 
 
 class SmokeTestFailed(RuntimeError):
@@ -59,9 +60,36 @@ def _check_laplace_conv(device: torch.device) -> None:
     # Loose tolerance: this catches failed launches and garbage; the tests hold the ops to the references.
     for name, got, exp in (("laplace_conv", out, ref.detach()), ("laplace_conv_backward", gx, want[0]),
                            ("laplace_conv_backward", gw, want[1]), ("laplace_conv_backward", gb, want[2])):
-        scale = max(float(exp.abs().max()), 1.0)
-        if got.shape != exp.shape or not torch.allclose(got, exp, rtol=1e-2, atol=1e-2 * scale):
-            raise SmokeTestFailed(f"{name} on {device} gave wrong results")
+        _close(name, device, got, exp)
+
+
+def _close(name: str, device: torch.device, got: torch.Tensor, exp: torch.Tensor) -> None:
+    scale = max(float(exp.abs().max()), 1.0) if exp.numel() else 1.0
+    if got.shape != exp.shape or not torch.allclose(got, exp, rtol=1e-2, atol=1e-2 * scale):
+        raise SmokeTestFailed(f"{name} on {device} gave wrong results")
+
+
+def _check_fused_units(device: torch.device) -> None:
+    """relu_pool and stem_pool (CPU kernels only; on CUDA the wrappers use the references)."""
+    if device.type != "cpu":
+        return
+    gen = torch.Generator().manual_seed(2)
+    h = torch.randn(2, 8, 7, 6, generator=gen).contiguous(memory_format=torch.channels_last)
+    g = torch.randn(4, 8, 4, 3, generator=gen)
+    if not torch.equal(_ops().relu_pool(h), relu_pool_reference(h)):
+        raise SmokeTestFailed(f"relu_pool on {device} gave wrong results")
+    if not torch.equal(_ops().relu_pool_backward(g, h), relu_pool_backward_reference(g, h)):
+        raise SmokeTestFailed(f"relu_pool_backward on {device} gave wrong results")
+    x = torch.randint(0, 256, (2, 3, 9, 10), dtype=torch.uint8, generator=gen)
+    w = torch.randn(8, 3, 3, 3, generator=gen) / 10
+    b = torch.randn(8, generator=gen)
+    pooled, pre = _ops().stem_pool(x, w, b, True)
+    ref_pooled, ref_pre = stem_pool_reference(x, w, b, True)
+    _close("stem_pool", device, pooled, ref_pooled)
+    _close("stem_pool", device, pre, ref_pre)
+    gs = torch.randn(4, 8, 5, 5, generator=gen)
+    _close("stem_pool_backward", device, _ops().stem_pool_backward(gs, ref_pre, w),
+           stem_pool_backward_reference(gs, ref_pre, w))
 
 
 def check(with_cuda: bool) -> None:
@@ -80,7 +108,8 @@ def check(with_cuda: bool) -> None:
 
 def _check_all(with_cuda: bool) -> None:
     for device in _devices(with_cuda):
-        for op, run in (("perturb", _check_perturb), ("laplace_conv", _check_laplace_conv)):
+        for op, run in (("perturb", _check_perturb), ("laplace_conv", _check_laplace_conv),
+                        ("relu_pool/stem_pool", _check_fused_units)):
             try:
                 run(device)
             except SmokeTestFailed:

@@ -59,3 +59,64 @@ def perturb_reference(
     if not outs:
         return torch.empty((0, *x.shape), dtype=torch.uint8 if quantize else torch.float32, device=x.device)
     return torch.stack(outs)
+
+
+POOL_KERNEL, POOL_STRIDE, POOL_PAD = 5, 2, 2   # the model's average pooling (count_include_pad=False)
+
+
+def relu_pool_reference(h: torch.Tensor) -> torch.Tensor:
+    """ReLU then the model's 5x5 / stride 2 / pad 2 average pooling without counting the padding."""
+    return F.avg_pool2d(F.relu(h), POOL_KERNEL, POOL_STRIDE, POOL_PAD, count_include_pad=False)
+
+
+def relu_pool_backward_reference(grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Input gradient of :func:`relu_pool_reference` at ``h`` for ``grad_out`` stacked k times over h's batch.
+
+    Exactly what autograd computes (average-pool backward, then ReLU's threshold backward), for
+    k cotangents at once: grad_out [k*N, C, H2, W2], h [N, C, H, W] -> [k*N, C, H, W].
+    """
+    n = h.shape[0]
+    if (n == 0 and grad_out.shape[0] != 0) or (n and grad_out.shape[0] % n):
+        raise ValueError(f"grad_out batch {grad_out.shape[0]} is not a multiple of h batch {n}")
+    relu = F.relu(h)
+    if n and grad_out.shape[0] != n:
+        relu = relu.repeat(grad_out.shape[0] // n, 1, 1, 1)
+    grad = torch.ops.aten.avg_pool2d_backward(grad_out, relu, [POOL_KERNEL] * 2, [POOL_STRIDE] * 2,
+                                              [POOL_PAD] * 2, False, False, None)
+    return torch.ops.aten.threshold_backward(grad, relu, 0)
+
+
+def stem_pool_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                        keep_pre: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's first unit with BatchNorm folded into (weight, bias): relu_pool(laplace_conv(x, w, b)).
+
+    Returns (pooled, pre-activation); pre is an empty [0] tensor unless ``keep_pre``.
+    """
+    pre = laplace_conv_reference(x, weight, bias)
+    pooled = relu_pool_reference(pre)
+    return pooled, (pre if keep_pre else pre.new_empty(0))
+
+
+def stem_pool_backward_reference(grad_out: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Input gradient of :func:`stem_pool_reference` for grad_out stacked k times over pre's batch."""
+    grad_pre = relu_pool_backward_reference(grad_out, pre)
+    return laplacian(F.conv_transpose2d(grad_pre, weight.to(grad_pre.dtype), padding=1))
+
+
+def adv_metrics_reference(x: torch.Tensor, adv: torch.Tensor, ssim: bool = True) -> torch.Tensor:
+    """Per image k, b of adv [K, B, C, H, W] against x [B, C, H, W]: (SSIM, sum of squared differences,
+    max |difference|) as float64 [K, B, 3], in pixel units. SSIM is recapfast.metrics.ssim in float32
+    (NaN below 11x11 or when ``ssim`` is false)."""
+    from ..metrics import ssim as ssim_metric
+
+    k, b = adv.shape[0], x.shape[0]
+    out = torch.full((k, b, 3), float("nan"), dtype=torch.float64, device=x.device)
+    xd = x.to(torch.float64)
+    for i in range(k):
+        diff = (adv[i].to(torch.float64) - xd).flatten(1)
+        out[i, :, 1] = diff.square().sum(1)
+        if diff.shape[1]:
+            out[i, :, 2] = diff.abs().amax(1)
+        if ssim:
+            out[i, :, 0] = ssim_metric(adv[i], x, dtype=torch.float32)
+    return out
