@@ -99,3 +99,37 @@ def agreement_sentence(m: dict, k: int) -> str:
 
 
 __all__ = ["measure", "flip_sentence", "agreement_sentence", "MAX_FLIP_EPS"]
+
+
+def main(argv=None) -> int:
+    """python -m recapfast.flipdist MODEL DIR [--size 64] [--cap N] [--json OUT]: measure() on a labelled folder."""
+    import argparse
+    import json
+
+    from .checkpoint import load_model
+    from .data import PatchDataset, discover
+
+    ap = argparse.ArgumentParser(prog="python -m recapfast.flipdist", description=main.__doc__)
+    ap.add_argument("model")
+    ap.add_argument("data")
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--cap", type=int, default=None, help="at most this many patches (half per class)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    samples = discover(args.data)
+    if args.cap:
+        samples = [s for c in (0, 1) for s in [t for t in samples if t.label == c][:args.cap // 2]]
+    ds = PatchDataset(samples, args.size)
+    items = [it for it in (ds[i] for i in range(len(ds))) if it.patches is not None]
+    x = torch.cat([it.patches for it in items])
+    y = torch.tensor([it.label for it in items])
+    res = measure(load_model(args.model).eval(), x, y)
+    print(flip_sentence(res))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -159,4 +159,32 @@ SKIMAGE_PHOTOS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chels
                   "rocket.jpg")
 
 __all__ = ["Photo", "load_photos", "split_photos", "draw_region", "render_region", "sample_photo_paths",
-           "linearize", "SPLIT_NAMES", "MIN_SIDE"]
+           "linearize", "export_sample_photos", "SPLIT_NAMES", "MIN_SIDE", "HELDOUT_PHOTOS"]
+
+
+HELDOUT_PHOTOS = ("chelsea.png", "coffee.png", "china.jpg", "flower.jpg")
+
+
+def export_sample_photos(out_dir) -> dict[str, list[str]]:
+    """Copy the shipped sample photos into OUT/train/ (scene photos for ``recapfast synth --scenes``) and
+    OUT/heldout/original/ (never-recaptured photos held out for checking that a detector calls real
+    photographs original: a labelled folder for ``recapfast eval --tile``).  Returns the names per folder."""
+    import shutil
+
+    out = {"train": [], "heldout": []}
+    for path in sample_photo_paths():
+        name = os.path.basename(path)
+        part = "heldout" if name in HELDOUT_PHOTOS else "train"
+        dest = os.path.join(os.fspath(out_dir), part, "original" if part == "heldout" else "", name)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(path, dest)
+        out[part].append(name)
+    if not out["train"]:
+        raise DataError("no sample photos found: pip install scikit-image scikit-learn (the test extra)")
+    return out
+
+
+if __name__ == "__main__":     # python -m recapfast.scenes OUT: export the sample photos
+    import sys
+
+    print(export_sample_photos(sys.argv[1] if len(sys.argv) > 1 else "photos"))
