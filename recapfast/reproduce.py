@@ -92,9 +92,12 @@ class ReproduceConfig:
     train_tile: int | None = None       # train/validate on tiles of this size (repro_tiles); None: whole images
     generator: str = "v3"               # synthesis generator (recapfast.synth_data)
     measure_patches: int = 256          # test patches per model for the measured quantities (flipdist)
+    models: tuple | None = None         # (baseline, robust) checkpoints to evaluate instead of training
 
     def __post_init__(self):
         self.sizes = tuple(int(s) for s in self.sizes)
+        if self.models is not None:
+            self.models = tuple(str(m) for m in self.models)
         if isinstance(self.count, (list, tuple)):
             self.count = tuple(int(c) for c in self.count)
             if len(self.count) == 1:
@@ -118,6 +121,7 @@ class ReproduceConfig:
             (self.train_tile is None or (8 <= self.train_tile <= min(self.sizes)),
              f"--train-tile must be between 8 and the smallest size, got {self.train_tile}"),
             (self.generator in ("v2", "v3"), f"--generator must be v2 or v3, got {self.generator!r}"),
+            (self.models is None or len(self.models) == 2, f"--models: give BASELINE,ROBUST, got {self.models}"),
             (self.iters >= 1, f"--iters must be >= 1, got {self.iters}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
         ]
@@ -143,6 +147,8 @@ class ReproduceConfig:
         d["sizes"], d["widths"] = list(self.sizes), list(self.widths)
         if isinstance(self.count, tuple):
             d["count"] = list(self.count)
+        if self.models is not None:
+            d["models"] = list(self.models)
         return d
 
 
@@ -188,7 +194,8 @@ class RunState:
 
 _OWNED = ("state.json", "report.md", "results.json", "plots", "work", ".gitignore")
 _COMPARED = ("sizes", "count", "iters", "batch_size", "lr", "lr_decay", "lr_step", "penalty", "adv_count",
-             "adv_weight", "val_every", "seed", "data", "widths", "train_tile", "generator", "measure_patches")
+             "adv_weight", "val_every", "seed", "data", "widths", "train_tile", "generator", "measure_patches",
+             "models")
 
 
 def prepare_out(out: Path, config: ReproduceConfig, force: bool) -> RunState:
@@ -441,6 +448,22 @@ def _train_model(train_dir: Path, val_dir: Path, ckpt: Path, config, device, log
     return train(train_dir, ckpt, config, val_dir=val_dir, device=device, resume=resume, log=log)
 
 
+def _use_model(source: str, ckpt: Path) -> dict:
+    """--models: the training stage copies a given checkpoint (+ JSON) instead of training one."""
+    from .checkpoint import config_path, read_config, resolve
+
+    src = resolve(source)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, ckpt)
+    shutil.copyfile(config_path(src), ckpt.with_suffix(".json"))
+    meta = read_config(src)
+    with open(src, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    return {"iterations": (meta.get("metrics") or {}).get("iteration", 0), "trained_here": False,
+            "source": source, "sha256": digest, "best": meta.get("metrics") or {},
+            "settings": meta.get("training") or {}}
+
+
 def _eval_summary(res) -> dict:
     d = {"clean_accuracy": res.clean_accuracy, "clean_accuracy_per_class": res.clean_accuracy_per_class,
          "patches": res.patches, "patches_per_class": res.patches_per_class, "errors": len(res.errors),
@@ -554,6 +577,7 @@ def reproduce(
             log(f"reproduce: {name}: finished in {state.get(name)['seconds']:.1f} s")
         return stop_after == name
 
+    data_steps, model_steps = [], []
     for size in config.sizes:
         sdir = work / str(size)
         data_root = Path(config.data) / str(size) if config.data else sdir / "data"
@@ -592,6 +616,8 @@ def reproduce(
                     "split_sha256": digest, "train_tiles": tiles}
 
         def do_train(model_name: str, size=size, split_root=split_root, ckpts=ckpts) -> dict:
+            if config.models:
+                return _use_model(config.models[MODELS.index(model_name)], ckpts[model_name])
             cfg = config.train_config(size, robust=model_name == "robust")
             res = _train_model(split_root / "train", split_root / "val", ckpts[model_name], cfg, device, log)
             return {"iterations": res.iterations, "best": res.best, "train_seconds_last_session": res.seconds,
@@ -613,7 +639,8 @@ def reproduce(
             from .checkpoint import load_model
             from .flipdist import measure
 
-            x, y = measure_patches(split_root / "test", size, config.measure_patches)
+            # the cap scales with the pixel count (BIM at 512 px costs 64x 64 px), at least 16 patches
+            x, y = measure_patches(split_root / "test", size, max(16, int(config.measure_patches * (64 / size) ** 2)))
             return {m: measure(load_model(ckpts[m], device=device).eval(), x.to(device), y.to(device))
                     for m in MODELS}
 
@@ -630,13 +657,14 @@ def reproduce(
             grid = plots.example_grid(ex, size, plot_dir / f"examples_{size}.png")
             return {"plots": [os.path.relpath(curve, out), os.path.relpath(grid, out)], "grid_files": ex["files"]}
 
-        steps = [(f"{size}/data", do_data), (f"{size}/split", do_split),
-                 (f"{size}/baseline", lambda: do_train("baseline")), (f"{size}/robust", lambda: do_train("robust")),
-                 (f"{size}/eval", do_eval), (f"{size}/measure", do_measure), (f"{size}/figures", do_figures)]
-        for name, fn in steps:
-            if stage(name, fn):
-                log(f"reproduce: stopped after {name} (rerun the same command to continue)")
-                return result
+        data_steps += [(f"{size}/data", do_data), (f"{size}/split", do_split)]
+        model_steps += [(f"{size}/baseline", lambda f=do_train: f("baseline")),
+                        (f"{size}/robust", lambda f=do_train: f("robust")),
+                        (f"{size}/eval", do_eval), (f"{size}/measure", do_measure), (f"{size}/figures", do_figures)]
+    for name, fn in data_steps + model_steps:      # every size's data first, then the models
+        if stage(name, fn):
+            log(f"reproduce: stopped after {name} (rerun the same command to continue)")
+            return result
     data = collect_results(state, device)
     write_json_atomic(result.results, data)
     text = render_report(data)
@@ -729,7 +757,9 @@ def render_report(data: dict) -> str:
           f"({f'synthesized by recapfast synth --generator {gen}' if not cfg['data'] else cfg['data']}; "
           f"paper: 10000 + 10000 real photos per size)",
           f"- split: 40/10/50 train/val/test per class, seeded (seed {cfg['seed']})",
-          f"- training: {cfg['iters']} iterations, batch {cfg['batch_size']}, Adam, lr {cfg['lr']:g} x "
+          *([f"- models: **not trained by this run**: the given checkpoints {cfg['models']} (64 px; sha256 and "
+             f"training settings under Training below) are evaluated at every size"] if cfg.get("models") else []),
+          f"- training{' (not used: --models)' if cfg.get('models') else ''}: {cfg['iters']} iterations, batch {cfg['batch_size']}, Adam, lr {cfg['lr']:g} x "
           f"{cfg['lr_decay']:g} every {cfg['lr_step']} iterations (paper: 100k iterations, batch 64, lr 1e-4 x 0.9 "
           f"every 10k); validation every {cfg['val_every']} iterations, the best validation checkpoint is evaluated "
           f"(baseline: clean accuracy; robust: mean of clean and FGSM eps 2 accuracy)",
@@ -740,7 +770,7 @@ def render_report(data: dict) -> str:
              f"into their {tile}x{tile} tiles and the models train and validate on those; the test images are "
              f"evaluated whole (the network ends in global average pooling)"] if tile else []),
           f"- measured quantities (FGSM/LLCM agreement, BIM-to-flip eps) on up to {cfg.get('measure_patches', 256)} "
-          f"test patches per size, half per class",
+          f"x (64/size)^2 (at least 16) test patches per size, half per class",
           f"- device: {machine['device']}" + (f" ({gpu})" if gpu else
                                               " - **no GPU was available: this is not a full-protocol run**"),
           ""]

@@ -276,3 +276,19 @@ def test_tile_based_training_and_per_size_counts(tmp_path):
     assert "tile-based training" in (out / "report.md").read_text() and result.ran[-1] == "16/figures"
     with pytest.raises(rp.ReproduceError, match="--count"):
         rp.reproduce(tmp_path / "o2", tiny_config(sizes=(32, 16), count=(12, 10, 8)), workers=1, log=quiet)
+
+
+def test_models_option_evaluates_given_checkpoints(tiny_run, tmp_path):
+    """--models: the training stages copy the given checkpoints (nothing is trained) and the report says so."""
+    src, _ = tiny_run
+    given = tuple(str(src / "work" / "32" / f"{m}.safetensors") for m in ("baseline", "robust"))
+    out = tmp_path / "out"
+    rp.reproduce(out, tiny_config(models=given), workers=1, log=quiet)
+    data = json.loads((out / "results.json").read_text())
+    for m, path in zip(("baseline", "robust"), given):
+        t = data["sizes"]["32"]["training"][m]
+        assert t["trained_here"] is False and t["source"] == path
+        assert (out / "work" / "32" / f"{m}.safetensors").read_bytes() == open(path, "rb").read()
+    assert "not trained by this run" in (out / "report.md").read_text()
+    with pytest.raises(rp.ReproduceError, match="--models"):
+        rp.reproduce(tmp_path / "o2", tiny_config(models=given[:1]), workers=1, log=quiet)
