@@ -15,8 +15,9 @@ and JPEG are identically distributed in the two classes.
 
 Scenes
     procedural dead leaves (``recapfast.synth``'s scene model, resolution independent), or a random
-    square region of a real photograph (``recapfast.scenes``: side log-uniform between the display
-    resolution needed and the photo's short side, so photos are rarely enlarged; mirror flip 50 %).
+    square region of a real photograph (``recapfast.scenes``: side log-uniform between the resolution
+    the display and the plain capture's fine grid need and the photo's short side, so photos are not
+    enlarged when they are large enough; mirror flip 50 %).
     With photo scenes, a share ``direct`` of the ORIGINALS are the photograph itself (a random square
     crop, side log-uniform from the patch size, i.e. native pixels, to the short side, area-averaged
     to the patch): real camera output is what an original is, and a detector trained only on
@@ -285,7 +286,9 @@ class SceneSource:
             return (lambda n: _render_scene(sc, n)), {"kind": "procedural", "leaves": sc["n"]}, None
         idx = int(rng.integers(0, len(self.photos)))
         photo = self.photos[idx]
-        region = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], d)
+        # The plain capture renders the region at _PLAIN_Q samples per sensor px (about _PLAIN_Q * d / s
+        # samples): a smaller region would be enlarged (bicubic), i.e. blurred in the plain captures only.
+        region = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], max(d, _PLAIN_Q * 1.15 * size + 8))
         own = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], size)
         desc = {"kind": "photo", "photo": self.names[idx], **{k: (_f(v) if isinstance(v, float) else v)
                                                              for k, v in region.items()}}
