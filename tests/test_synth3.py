@@ -111,7 +111,7 @@ def photo_dir(tmp_path_factory):
 
 def test_scene_split_has_no_leakage(photo_dir, tmp_path):
     man = synthesize(tmp_path / "ds", size=32, count=20, seed=3, workers=2, scenes_dir=photo_dir,
-                     split=(0.6, 0.2, 0.2), procedural=0.3)
+                     split=(0.6, 0.2, 0.2), procedural=0.3, direct=0.5)
     splits = man["splits"]
     assert set(splits) == {"train", "val", "test"}
     photo_sets = {k: set(v["photos"]) for k, v in splits.items()}
