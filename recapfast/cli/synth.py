@@ -27,7 +27,7 @@ def synth_command(
     procedural: Annotated[float, typer.Option("--procedural", min=0.0, max=1.0, help="Share of images with "
                                               "procedural scenes (with --scenes).")] = 0.5,
     direct: Annotated[float, typer.Option("--direct", min=0.0, max=1.0, help="Share of photo-scene ORIGINALS "
-                                          "that are the photo itself (a crop), not a simulated capture.")] = 1.0,
+                                          "that are the photo itself (a crop), not a simulated capture.")] = 0.6,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Generator processes.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
