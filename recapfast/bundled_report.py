@@ -42,6 +42,7 @@ def table(folder) -> str:
     fl = _load(folder, "baseline_flip.json")
     tr = _load(folder, "trace.json")
     hist, ok = fl["bim_flip_eps_histogram"], max(fl["clean_correct"], 1)
+    per = fl["bim_flip_eps_per_class"]
     base = _load(folder, "baseline_test.json")
     fgsm1 = next(c["accuracy"] for c in base["cells"] if c["attack"] == "fgsm" and c["eps"] == 1.0)
     lines += ["",
@@ -53,6 +54,12 @@ def table(folder) -> str:
               + (f"; median {fl['bim_flip_eps_median']:g} grey level(s)" if fl["bim_flip_eps_median"] is not None else "")
               + f". The paper gives no per-patch distances; its Table 2 (64 px) has one FGSM step at eps 1 leaving "
               f"2.8% of the patches correct (97.2% flipped), here {_p(fgsm1)} correct.",
+              f"- FGSM and LLCM produced identical images on {_p(fl['fgsm_llcm_identical'][0])} of those patches at eps 1 "
+              f"({', '.join(_p(v) for v in fl['fgsm_llcm_identical'])} at eps 1..5); of the {fl['clean_wrong']} patches "
+              f"misclassified when clean, LLCM made {', '.join(_p(v) for v in fl['misclassified_correct_after']['llcm'])} "
+              f"and FGSM {', '.join(_p(v) for v in fl['misclassified_correct_after']['fgsm'])} correct at eps 1..5; "
+              f"flipped at eps 1: {_p(per['1']['1'] / max(sum(per['1'].values()), 1))} of the recaptured and "
+              f"{_p(per['0']['1'] / max(sum(per['0'].values()), 1))} of the original patches that BIM flips.",
               f"- Trace energy of generator v3 at 64 px ({tr['count']} scenes, mean |F(recapture)| - |F(plain "
               f"capture)| per frequency, grey levels): recaptures mean {tr['recaptured']['mean']:.2f} (p90 "
               f"{tr['recaptured']['p90']:.2f}); capture-to-capture noise of originals {tr['original']['mean']:.2f}; an "

@@ -28,5 +28,5 @@ def test_bundled_evaluations_are_of_the_bundled_weights_settings():
     base, rob = read_config("baseline")["training"], read_config("robust")["training"]
     assert (base["iters"], base["lr"], base["lr_step"], base["robust"]) == (2000, 1e-3, 800, False)
     assert (rob["iters"], rob["lr"], rob["robust"], rob["penalty"], rob["penalty_mode"], rob["init"]) == \
-        (600, 3e-4, True, 10.0, "fd", "baseline.safetensors")
+        (1500, 3e-4, True, 10.0, "fd", "baseline.safetensors")
     assert base["widths"] == rob["widths"] == [8, 16, 32, 64, 128] and base["size"] == 64
