@@ -768,7 +768,7 @@ def render_report(data: dict) -> str:
           f"- model widths {cfg['widths']}; evaluation: center crop, adversarial images quantized to uint8",
           *([f"- tile-based training: for each size above {tile}x{tile} the train and validation images are cut "
              f"into their {tile}x{tile} tiles and the models train and validate on those; the test images are "
-             f"evaluated whole (the network ends in global average pooling)"] if tile else []),
+             f"evaluated whole (the network ends in global average pooling)"] if tile and not cfg.get("models") else []),
           f"- measured quantities (FGSM/LLCM agreement, BIM-to-flip eps) on up to {cfg.get('measure_patches', 256)} "
           f"x (64/size)^2 (at least 16) test patches per size, half per class",
           f"- device: {machine['device']}" + (f" ({gpu})" if gpu else

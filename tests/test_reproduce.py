@@ -174,6 +174,10 @@ def test_cli_validation_errors(tmp_path):
     assert res.exit_code == 1 and "--sizes" in res.output
     res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--sizes", "64", "--data", str(tmp_path)])
     assert res.exit_code == 1 and "64/" in res.output
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--protocol", "laptop"])
+    assert res.exit_code == 1 and "--protocol" in res.output
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--protocol", "cpu", "--count", "10,20"])
+    assert res.exit_code == 1 and "--count" in res.output and not (tmp_path / "o").exists()
 
 
 PAPERLIKE = {"baseline": {"clean": 0.967, "fgsm": [0.028, 0.009, 0.005, 0.006, 0.026],

@@ -46,7 +46,7 @@ def reproduce_command(
                                                       "of the images of larger sizes; test whole images (reduced protocol).")] = None,
     generator: Annotated[str, typer.Option("--generator", help="Synthesis generator: v3 or v2.")] = "v3",
     models: Annotated[Optional[str], typer.Option("--models", help="BASELINE,ROBUST checkpoints (bundled names or "
-                                                  ".safetensors) to evaluate instead of training per size.")] = None,
+                                                  ".safetensors) to evaluate instead of training per size; none: train.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Synthesis processes (default min(2, cores)).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -77,7 +77,8 @@ def reproduce_command(
     except ValueError as err:
         raise typer.BadParameter(f"{count!r} is not a number or a comma-separated list", param_hint="--count") from err
     config = ReproduceConfig(sizes=size_values, count=count_values, iters=iters, train_tile=train_tile,
-                             generator=generator, models=tuple(models.split(",")) if models else None, lr=lr, lr_step=lr_step, penalty=penalty,
+                             generator=generator,
+                             models=tuple(models.split(",")) if models and models != "none" else None, lr=lr, lr_step=lr_step, penalty=penalty,
                              batch_size=batch_size, val_every=val_every, seed=seed,
                              data=str(data) if data is not None else None)
     console = stderr_console(quiet)
