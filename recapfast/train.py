@@ -60,6 +60,7 @@ class TrainConfig:
     size: int = 64
     seed: int = 0
     widths: tuple = DEFAULT_WIDTHS
+    init: str | None = None         # start from this checkpoint's weights (bundled name or .safetensors path)
 
     def validate(self) -> None:
         checks = [
@@ -286,6 +287,13 @@ def train(
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model = LaplacianCNN(config.widths).to(device)
+    if config.init is not None:
+        from .checkpoint import load_model
+
+        start_from = load_model(config.init)
+        if tuple(start_from.widths) != tuple(config.widths):
+            raise DataError(f"--init {config.init}: widths {tuple(start_from.widths)} differ from --widths {config.widths}")
+        model.load_state_dict(start_from.state_dict())
     # Under torchrun: data-parallel over the ranks (README, "Several processes and machines"); one rank is a no-op.
     dist_info = distributed.current()
     if dist_info.enabled:

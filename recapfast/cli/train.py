@@ -32,6 +32,8 @@ def train_command(
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
     widths: Annotated[str, typer.Option("--widths", help="Five comma-separated conv widths.")] = "8,16,32,64,128",
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
+    init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
+                                                "or .safetensors), e.g. --robust --init baseline.")] = None,
     force: ForceOpt = False,
     device: DeviceOpt = "auto",
     workers: WorkersOpt = 0,
@@ -58,7 +60,7 @@ def train_command(
     quiet = quiet or not dist_info.is_main
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
                          robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
-                         val_every=val_every, size=size, seed=seed, widths=width_values)
+                         val_every=val_every, size=size, seed=seed, widths=width_values, init=init)
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
