@@ -1,58 +1,101 @@
-"""Print the README performance section from a committed results file.
+"""The README performance section, generated from a committed results file.
 
-    python -m bench.readme [bench/results/<machine>.json]
+    python -m bench.readme [bench/results/<machine>.json]            # print the section
+    python -m bench.readme [RESULTS] --write README.md               # replace the section in README.md
 
-Without an argument: the newest results file under bench/results (kernels-*.json excluded).
+The section sits between the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->``; a test
+(tests/test_bench.py) fails when the README's section differs from what this prints for the newest
+results file. Without RESULTS: the newest results file under bench/results (kernels-*.json excluded).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
-from .report import eval_table, targets
+from .report import _floor_lines, eval_table, sweep_run, targets, thread_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def latest() -> Path:
     files = [p for p in RESULTS.glob("*.json") if not p.name.startswith("kernels-")]
     if not files:
         raise SystemExit("bench.readme: no results under bench/results; run `python -m bench --quick` first")
-    return max(files, key=lambda p: p.stat().st_mtime)
+    return max(files, key=lambda p: (json.loads(p.read_text())["meta"]["date"], p.name))
 
 
 def section(results: dict, source: str) -> str:
     m, w = results["meta"], results["workloads"]
-    lines = [f"Measured on **{m['machine']}** ({m['cores']} cores, {m['torch_threads']} torch thread(s), "
-             f"torch {m['torch']}, {m['date']}, commit {m['git_commit'][:12]}, `python -m bench --{m['mode']}`; "
-             f"shared machine, load average {m['load_avg_1min_at_start']}). Same model and images for every "
-             f"contender; speedup = torchattacks-loop time / contender time in the same run. Source: `{source}`.", ""]
-    lines += eval_table(results, sizes=(64, 256))
-    sc = w.get("scaling")
-    if sc and sc.get("marginal_ratio_vs_torchattacks"):
-        r = sc["marginal_ratio_vs_torchattacks"].get("recapfast-ext")
-        if r is not None:
-            lines += ["", f"Each extra eps costs recapfast {100 * r:.0f}% of what it costs the torchattacks loop."]
+    run = sweep_run(results)
+    threads = run["threads"] if run else m["torch_threads"][0]
+    lines = [f"Measured on **{m['machine']}** ({m['cores']} cores, torch {m['torch']}, {m['date']}, commit "
+             f"`{m['git_commit']}`, `python -m bench --{m['mode']}`; shared machine, 1-min load average "
+             f"{m['load_avg_1min_at_start']} at the start, {m.get('load_avg_1min_at_end')} at the end). Reported: "
+             f"**{threads} torch thread(s)**, **CPU time** (`time.process_time`), medians of {w.get('eval_sweep', {}).get('reps', '?')} "
+             "alternating repetitions; every contender sets (and restores) its own op backend and thread count. "
+             "Same model and images for every contender. The primary bar is the **skilled 20-line PyTorch script** "
+             "(`bench/skilled.py`). End-to-end for recapfast is the `recapfast eval` path with its default metrics "
+             f"(L-inf, L2, PSNR, SSIM). Source: [{source}]({source}); method and per-change notes: "
+             "[bench/NOTES.md](bench/NOTES.md).", ""]
+    lines += eval_table(results, threads, sizes=(64, 256))
+    extra = thread_lines(results)
+    if extra:
+        lines += ["", *extra]
     ts = w.get("train_step")
     if ts:
-        lines += ["", "Training step (batch 64, 64 px): " + ", ".join(
-            f"{r['mode']} {r['ms_per_step']} ms ({r['ratio_vs_plain']:.2f}x)" for r in ts["rows"]) + "."]
-    missed = [f"{t} (measured {v})" for t, v, ok in targets(results) if not ok]
-    if missed:
-        lines += ["", "Targets not met on this machine: " + "; ".join(missed) + " — see bench/NOTES.md."]
+        lines += ["", "Training step (batch 64, 64 px, CPU time): " + ", ".join(
+            f"{r['mode']} {r['cpu_ms_per_step']} ms ({r['ratio_vs_plain']:.2f}x)" for r in ts["rows"]) + "."]
+    sp = w.get("screen_probe")
+    if sp:
+        lines += ["", f"`recapfast screen --probe-eps 1,2,3,4,5` costs {sp['probe_over_plain']:.2f}x a screen without "
+                      f"probes ({sp['images']} images of {sp['size']} px, {sp['tile']} px tiles, CPU time)."]
+    fl = w.get("floor")
+    if fl:
+        lines += ["", "Distance to this CPU's convolution floor (one pure forward):", "", *_floor_lines(fl)]
+    tg = targets(results)
+    if tg:
+        lines += ["", "| target | measured | met |", "|---|---|---|"]
+        lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in tg]
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    path = Path(argv[0]) if argv else latest()
-    results = json.loads(path.read_text())
+def source_name(path: Path) -> str:
     try:
-        source = str(path.resolve().relative_to(RESULTS.parent.parent))
+        return str(path.resolve().relative_to(RESULTS.parent.parent))
     except ValueError:
-        source = str(path)
-    sys.stdout.write(section(results, source))
+        return str(path)
+
+
+def replace_section(readme: str, text: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise ValueError(f"README has no {BEGIN} ... {END} markers")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{text}{END}{tail}"
+
+
+def readme_section(readme: str) -> str:
+    """The text between the markers (what :func:`section` must produce)."""
+    return readme.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="?", type=Path, default=None)
+    parser.add_argument("--write", type=Path, default=None, help="replace the section in this README")
+    args = parser.parse_args(argv)
+    path = args.results or latest()
+    text = section(json.loads(path.read_text()), source_name(path))
+    if args.write is None:
+        sys.stdout.write(text)
+        return 0
+    from recapfast.atomic import write_text
+
+    write_text(args.write, replace_section(args.write.read_text(), text))
+    print(f"bench.readme: wrote the performance section of {args.write} from {path}", file=sys.stderr)
     return 0
 
 

@@ -29,12 +29,21 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA, dtype=to
     return g / g.sum()
 
 
-def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable 'valid' Gaussian filter of [N, C, H, W] per channel."""
-    c = x.shape[1]
+def _band(n: int, g: torch.Tensor) -> torch.Tensor:
+    """[n, n - k + 1] matrix whose column j holds the taps at rows j .. j + k - 1 ('valid' correlation)."""
     k = g.numel()
-    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
+    out = torch.zeros((n, n - k + 1), dtype=g.dtype, device=g.device)
+    for t in range(k):
+        out.diagonal(-t).copy_(g[t].expand(n - k + 1))
+    return out
+
+
+def _filter(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Separable 'valid' Gaussian filter of [N, C, H, W] per channel, as two matrix products with banded
+    matrices (rows, then columns): many times faster than a depthwise convolution on the CPU."""
+    h, w = x.shape[-2:]
+    x = x @ _band(w, g)                                   # [N, C, H, W - k + 1]
+    return _band(h, g).transpose(0, 1) @ x                # [N, C, H - k + 1, W - k + 1]
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0, dtype=torch.float64) -> torch.Tensor:

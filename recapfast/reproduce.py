@@ -76,7 +76,7 @@ class ReproduceError(DataError):
 @dataclass
 class ReproduceConfig:
     sizes: tuple = PAPER_SIZES
-    count: int = 10_000                 # originals and recaptures per size (each)
+    count: int | tuple = 10_000         # originals and recaptures per size (each); or one count per size
     iters: int = 100_000
     batch_size: int = 64
     lr: float = 1e-4
@@ -90,9 +90,19 @@ class ReproduceConfig:
     data: str | None = None             # DIR/<size>/{original,recaptured}; None = synthesize
     widths: tuple = DEFAULT_WIDTHS
     eval_batch: int = 64
+    train_tile: int | None = None       # train/validate on tiles of this size (repro_tiles); None: whole images
+    generator: str = "v3"               # synthesis generator (recapfast.synth_data)
+    measure_patches: int = 256          # test patches per model for the measured quantities (flipdist)
+    models: tuple | None = None         # (baseline, robust) checkpoints to evaluate instead of training
 
     def __post_init__(self):
         self.sizes = tuple(int(s) for s in self.sizes)
+        if self.models is not None:
+            self.models = tuple(str(m) for m in self.models)
+        if isinstance(self.count, (list, tuple)):
+            self.count = tuple(int(c) for c in self.count)
+            if len(self.count) == 1:
+                self.count = self.count[0]
         self.widths = tuple(int(w) for w in self.widths)
         if self.lr_step is None:
             self.lr_step = max(1, self.iters // 10)
@@ -102,10 +112,17 @@ class ReproduceConfig:
             self.data = str(Path(self.data).resolve())
 
     def validate(self) -> None:
+        per_size_ok = not isinstance(self.count, tuple) or len(self.count) == len(self.sizes)
         checks = [
             (len(self.sizes) > 0 and min(self.sizes) >= 8, f"--sizes must be patch sizes >= 8, got {self.sizes}"),
             (len(set(self.sizes)) == len(self.sizes), f"--sizes has duplicates: {self.sizes}"),
-            (self.data is not None or self.count >= 10, f"--count must be >= 10 (each split needs both classes), got {self.count}"),
+            (per_size_ok, f"--count: give one count or one per size ({len(self.sizes)} sizes), got {self.count}"),
+            (self.data is not None or not per_size_ok or min(self.count_for(s) for s in self.sizes) >= 10,
+             f"--count must be >= 10 (each split needs both classes), got {self.count}"),
+            (self.train_tile is None or (8 <= self.train_tile <= min(self.sizes)),
+             f"--train-tile must be between 8 and the smallest size, got {self.train_tile}"),
+            (self.generator in ("v2", "v3"), f"--generator must be v2 or v3, got {self.generator!r}"),
+            (self.models is None or len(self.models) == 2, f"--models: give BASELINE,ROBUST, got {self.models}"),
             (self.iters >= 1, f"--iters must be >= 1, got {self.iters}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
         ]
@@ -113,17 +130,26 @@ class ReproduceConfig:
             if not ok:
                 raise ReproduceError(message)
 
+    def count_for(self, size: int) -> int:
+        if isinstance(self.count, tuple):
+            return self.count[self.sizes.index(size)]
+        return int(self.count)
+
     def train_config(self, size: int, robust: bool):
         from .train import TrainConfig
 
         return TrainConfig(iters=self.iters, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
                            lr_step=self.lr_step, robust=robust, penalty=self.penalty, adv_count=self.adv_count,
-                           adv_weight=self.adv_weight, val_every=self.val_every, size=size, seed=self.seed,
-                           widths=self.widths)
+                           adv_weight=self.adv_weight, val_every=self.val_every, size=self.train_tile or size,
+                           seed=self.seed, widths=self.widths)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["sizes"], d["widths"] = list(self.sizes), list(self.widths)
+        if isinstance(self.count, tuple):
+            d["count"] = list(self.count)
+        if self.models is not None:
+            d["models"] = list(self.models)
         return d
 
 
@@ -164,7 +190,8 @@ class RunState:
 
 _OWNED = ("state.json", "report.md", "results.json", "plots", "work", ".gitignore")
 _COMPARED = ("sizes", "count", "iters", "batch_size", "lr", "lr_decay", "lr_step", "penalty", "adv_count",
-             "adv_weight", "val_every", "seed", "data", "widths")
+             "adv_weight", "val_every", "seed", "data", "widths", "train_tile", "generator", "measure_patches",
+             "models")
 
 
 def prepare_out(out: Path, config: ReproduceConfig, force: bool) -> RunState:
@@ -266,12 +293,19 @@ def _p(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
+def findings(numbers: dict, eps: Sequence[float] = EPS, measured: dict | None = None) -> dict:
     """The paper's qualitative findings (a)-(d) for one size, computed from our numbers.
 
     ``numbers[model] = {"clean": acc, "fgsm": [acc per eps], "llcm": [...]}`` for model in
-    ("baseline", "robust"), accuracies as fractions.  Returns {letter: {holds, rule, detail, explanation}}.
+    ("baseline", "robust"), accuracies as fractions.  ``measured[model]``: the run's measurements
+    (``recapfast.flipdist.measure``); a finding that does not hold gets an ``explanation`` made only of
+    those measured quantities (None without measurements).
+    Returns {letter: {holds, rule, detail, explanation}}.
     """
+    from .flipdist import agreement_sentence, flip_sentence
+
+    mb = (measured or {}).get("baseline")
+    mr = (measured or {}).get("robust")
     b, r = numbers["baseline"], numbers["robust"]
     e = [f"{x:g}" for x in eps]
     out = {}
@@ -285,13 +319,8 @@ def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
         "rule": f"every baseline FGSM and LLCM accuracy at eps {e[0]}..{e[-1]} is <= {LOSS_FRACTION:g} x its clean "
                 f"accuracy ({_p(b['clean'])} -> limit {_p(limit)})",
         "detail": f"highest adversarial accuracy {_p(worst[0])} ({worst[1].upper()}, eps {worst[2]})",
-        "explanation": None if holds else (
-            f"the baseline keeps {_p(worst[0])} under {worst[1].upper()} at eps {worst[2]}: the attacks bring it "
-            f"down to about chance or below, not to the paper's near-zero.  A single signed-gradient step only "
-            f"flips patches whose margin it can undo; a short training run (far fewer than the paper's 100k iterations "
-            f"on 8000 images) leaves a decision function whose margins a step of 1-5 grey levels does not undo "
-            f"everywhere, and as eps grows the one-step linear approximation degrades, so accuracy rises again "
-            f"(the paper notes the same non-monotonicity)"),
+        "explanation": None if holds or mb is None else (
+            f"{flip_sentence(mb)}; {agreement_sentence(mb, e.index(worst[2]))}"),
     }
 
     # (b) FGSM hurts at least as much as LLCM (baseline).
@@ -303,14 +332,7 @@ def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
         "rule": f"at every eps, baseline FGSM accuracy <= baseline LLCM accuracy + {100 * TIE_TOLERANCE:g} point",
         "detail": f"FGSM - LLCM accuracy per eps: {', '.join(f'{100 * g:+.1f}' for g in gaps)} points "
                   f"(mean {100 * sum(gaps) / len(gaps):+.1f})",
-        "explanation": None if holds else (
-            f"LLCM hurts more at eps {', '.join(bad)}.  On a two-class detector the least-likely class of a "
-            f"correctly classified patch is the other class, and the input gradients of CE(true) and CE(other) "
-            f"are opposite positive multiples of the gradient of the logit difference, so there LLCM's image "
-            f"equals FGSM's exactly; the two attacks differ only on misclassified patches (LLCM moves them "
-            f"towards the true class, FGSM away from it, and either can overshoot) and where FGSM's gradient "
-            f"vanishes numerically (softmax probability 1.0 in float32 makes softmax - onehot(true) exactly zero, "
-            f"so FGSM leaves the patch unchanged while LLCM's gradient is not zero)"),
+        "explanation": None if holds or mb is None else "; ".join(agreement_sentence(mb, e.index(k)) for k in bad),
     }
 
     # (c) the robust model keeps clean accuracy and recovers most of the adversarial accuracy.
@@ -326,18 +348,7 @@ def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
     clean_ok = drop <= CLEAN_DROP_MAX
     recov_ok = bool(finite) and least[0] >= RECOVERY_MIN
     holds = clean_ok and recov_ok
-    why = []
-    if not clean_ok:
-        why.append(f"the robust model's clean accuracy is {100 * drop:.1f} points below the baseline's: the "
-                   f"gradient-norm penalty and the FGSM images compete with the clean objective, and with a short "
-                   f"training run the robust model has not converged as far as the baseline")
-    if not recov_ok:
-        if not finite:
-            why.append("the attacks did not lower the baseline's accuracy, so there was nothing to recover")
-        else:
-            why.append(f"the robust model recovers only {100 * least[0]:.0f}% of the lost accuracy under "
-                       f"{least[1].upper()} at eps {least[2]}: robustness from eq. 5-7 builds up over training; a "
-                       f"short run gives a partly robust model")
+    why = [flip_sentence(m) + f" ({name})" for name, m in (("baseline", mb), ("robust", mr)) if m is not None]
     out["c"] = {
         "holds": holds,
         "rule": f"robust clean accuracy >= baseline clean - {100 * CLEAN_DROP_MAX:g} points, and in every (attack, eps) "
@@ -346,7 +357,7 @@ def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
         "detail": f"clean {_p(r['clean'])} vs {_p(b['clean'])} ({-100 * drop:+.1f} points); recovery min "
                   f"{100 * least[0]:.0f}% ({least[1].upper()}, eps {least[2]}), mean "
                   f"{100 * sum(t[0] for t in finite) / max(len(finite), 1):.0f}%",
-        "explanation": "; ".join(why) if why else None,
+        "explanation": "; ".join(why) if why and not holds else None,
     }
 
     # (d) the robust model resists FGSM better than LLCM (it was trained on FGSM only).
@@ -360,17 +371,7 @@ def findings(numbers: dict, eps: Sequence[float] = EPS) -> dict:
                 f"higher on average over eps",
         "detail": f"FGSM - LLCM accuracy per eps: {', '.join(f'{100 * g:+.1f}' for g in gaps)} points "
                   f"(mean {100 * mean_gap:+.1f})",
-        "explanation": None if holds else (
-            "on a two-class detector FGSM and LLCM produce the same image on every correctly classified patch "
-            "(the least-likely class is the other class, and LLCM's step -sign(grad CE(other)) equals FGSM's "
-            "+sign(grad CE(true)): the two gradients are opposite positive multiples of the logit difference's "
-            "gradient).  So their accuracies can differ only on the patches misclassified when clean (at most "
-            "1 - clean accuracy), where FGSM steps along +sign(grad CE(true)) and LLCM the opposite way.  A model "
-            "trained on FGSM images can learn to read that FGSM pattern as a sign of the true class (label "
-            "leaking, Kurakin et al. 2017), which makes FGSM correct misclassified patches and shows as FGSM "
-            "accuracy above clean accuracy; where that does not happen (typically at the smallest eps), LLCM, "
-            "which moves those patches towards the true class, is resisted at least as well.  The paper's gap "
-            "comes from the same misclassified-patch mechanism, not from a general FGSM-specific robustness"),
+        "explanation": None if holds or mr is None else agreement_sentence(mr, gaps.index(min(gaps))),
     }
     return out
 
@@ -443,6 +444,22 @@ def _train_model(train_dir: Path, val_dir: Path, ckpt: Path, config, device, log
     return train(train_dir, ckpt, config, val_dir=val_dir, device=device, resume=resume, log=log)
 
 
+def _use_model(source: str, ckpt: Path) -> dict:
+    """--models: the training stage copies a given checkpoint (+ JSON) instead of training one."""
+    from .checkpoint import config_path, read_config, resolve
+
+    src = resolve(source)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, ckpt)
+    shutil.copyfile(config_path(src), ckpt.with_suffix(".json"))
+    meta = read_config(src)
+    with open(src, "rb") as fh:
+        digest = hashlib.sha256(fh.read()).hexdigest()
+    return {"iterations": (meta.get("metrics") or {}).get("iteration", 0), "trained_here": False,
+            "source": source, "sha256": digest, "best": meta.get("metrics") or {},
+            "settings": meta.get("training") or {}}
+
+
 def _eval_summary(res) -> dict:
     d = {"clean_accuracy": res.clean_accuracy, "clean_accuracy_per_class": res.clean_accuracy_per_class,
          "patches": res.patches, "patches_per_class": res.patches_per_class, "errors": len(res.errors),
@@ -453,6 +470,22 @@ def _eval_summary(res) -> dict:
                 "mean_psnr": [res.cell(a, e).mean_psnr for e in res.eps],
                 "mean_ssim": [res.cell(a, e).mean_ssim for e in res.eps]}
     return d
+
+
+def measure_patches(test_dir: Path, size: int, cap: int):
+    """Up to ``cap`` test patches (center crops), the first cap/2 of each class in sorted path order."""
+    import torch
+
+    from .data import PatchDataset
+
+    samples = discover(test_dir)
+    picks = []
+    for c in range(len(CLASS_NAMES)):
+        picks += [s for s in samples if s.label == c][:max(1, cap // 2)]
+    ds = PatchDataset(picks, size)
+    items = [ds[i] for i in range(len(picks))]
+    return (torch.cat([it.patches for it in items if it.patches is not None]),
+            torch.tensor([it.label for it in items if it.patches is not None]))
 
 
 def grid_examples(models: dict, test_dir: Path, size: int, eps: Sequence[float] = GRID_EPS, device="cpu") -> dict:
@@ -505,6 +538,9 @@ def reproduce(
     import torch
 
     config.validate()
+    from .plots import _pyplot
+
+    _pyplot()      # the figures stage needs matplotlib: fail before the first stage, not after hours
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     if config.data is not None:
@@ -537,6 +573,7 @@ def reproduce(
             log(f"reproduce: {name}: finished in {state.get(name)['seconds']:.1f} s")
         return stop_after == name
 
+    data_steps, model_steps = [], []
     for size in config.sizes:
         sdir = work / str(size)
         data_root = Path(config.data) / str(size) if config.data else sdir / "data"
@@ -545,12 +582,13 @@ def reproduce(
 
         def do_data(size=size, sdir=sdir, data_root=data_root) -> dict:
             if config.data is None:
-                from .synth import synthesize
+                from .synth_data import synthesize
 
                 if data_root.exists():
                     shutil.rmtree(data_root)     # a partial synthesis from a killed run
-                synthesize(data_root, size=size, count=config.count, seed=config.seed + size, workers=workers)
-                source = {"synthesized": True, "synth_seed": config.seed + size}
+                man = synthesize(data_root, size=size, count=config.count_for(size), seed=config.seed + size,
+                                 workers=workers, generator=config.generator)
+                source = {"synthesized": True, "synth_seed": config.seed + size, "generator": man["generator"]}
             else:
                 source = {"synthesized": False, "folder": str(data_root)}
             samples = discover(data_root)
@@ -562,13 +600,20 @@ def reproduce(
         def do_split(size=size, data_root=data_root, split_root=split_root) -> dict:
             parts = split_samples(discover(data_root), config.seed)
             materialize_split(parts, data_root, split_root)
+            tiles = None
+            if config.train_tile and config.train_tile < size:
+                from .repro_tiles import materialize_tiles
+
+                tiles = materialize_tiles(parts, data_root, split_root, config.train_tile)
             lists = {k: sorted(os.path.relpath(s.path, data_root) for s in v) for k, v in parts.items()}
             write_json_atomic(split_root.parent / "split.json", lists)
             digest = hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()
             return {"counts": {k: [sum(1 for s in v if s.label == c) for c in range(2)] for k, v in parts.items()},
-                    "split_sha256": digest}
+                    "split_sha256": digest, "train_tiles": tiles}
 
         def do_train(model_name: str, size=size, split_root=split_root, ckpts=ckpts) -> dict:
+            if config.models:
+                return _use_model(config.models[MODELS.index(model_name)], ckpts[model_name])
             cfg = config.train_config(size, robust=model_name == "robust")
             res = _train_model(split_root / "train", split_root / "val", ckpts[model_name], cfg, device, log)
             return {"iterations": res.iterations, "best": res.best, "train_seconds_last_session": res.seconds,
@@ -586,6 +631,15 @@ def reproduce(
                 evals[m] = _eval_summary(res)
             return {"results": evals}
 
+        def do_measure(size=size, split_root=split_root, ckpts=ckpts) -> dict:
+            from .checkpoint import load_model
+            from .flipdist import measure
+
+            # the cap scales with the pixel count (BIM at 512 px costs 64x 64 px), at least 16 patches
+            x, y = measure_patches(split_root / "test", size, max(16, int(config.measure_patches * (64 / size) ** 2)))
+            return {m: measure(load_model(ckpts[m], device=device).eval(), x.to(device), y.to(device))
+                    for m in MODELS}
+
         def do_figures(size=size, split_root=split_root, ckpts=ckpts) -> dict:
             from . import plots
             from .checkpoint import load_model
@@ -599,13 +653,14 @@ def reproduce(
             grid = plots.example_grid(ex, size, plot_dir / f"examples_{size}.png")
             return {"plots": [os.path.relpath(curve, out), os.path.relpath(grid, out)], "grid_files": ex["files"]}
 
-        steps = [(f"{size}/data", do_data), (f"{size}/split", do_split),
-                 (f"{size}/baseline", lambda: do_train("baseline")), (f"{size}/robust", lambda: do_train("robust")),
-                 (f"{size}/eval", do_eval), (f"{size}/figures", do_figures)]
-        for name, fn in steps:
-            if stage(name, fn):
-                log(f"reproduce: stopped after {name} (rerun the same command to continue)")
-                return result
+        data_steps += [(f"{size}/data", do_data), (f"{size}/split", do_split)]
+        model_steps += [(f"{size}/baseline", lambda f=do_train: f("baseline")),
+                        (f"{size}/robust", lambda f=do_train: f("robust")),
+                        (f"{size}/eval", do_eval), (f"{size}/measure", do_measure), (f"{size}/figures", do_figures)]
+    for name, fn in data_steps + model_steps:      # every size's data first, then the models
+        if stage(name, fn):
+            log(f"reproduce: stopped after {name} (rerun the same command to continue)")
+            return result
     data = collect_results(state, device)
     write_json_atomic(result.results, data)
     text = render_report(data)
@@ -635,7 +690,8 @@ def collect_results(state: RunState, device) -> dict:
         sizes[str(size)] = {
             "data": state.get(f"{size}/data"), "split": state.get(f"{size}/split"),
             "training": {m: {k: v for k, v in state.get(f"{size}/{m}").items()} for m in MODELS},
-            "evaluation": ev, "numbers": numbers, "findings": findings(numbers),
+            "evaluation": ev, "numbers": numbers, "measured": state.get(f"{size}/measure"),
+            "findings": findings(numbers, measured=state.get(f"{size}/measure")),
             "figures": state.get(f"{size}/figures")["plots"],
             "grid_files": state.get(f"{size}/figures").get("grid_files"),
         }
@@ -686,18 +742,29 @@ def render_report(data: dict) -> str:
           "rows \"TGSM\"; they are LLCM here.", ""]
     gpu = machine.get("gpu")
     L += ["## This run", ""]
+    counts = cfg["count"] if isinstance(cfg["count"], list) else [cfg["count"]] * len(run_sizes)
+    per_size = ", ".join(f"{c} + {c} at {s}x{s}" for c, s in zip(counts, run_sizes))
+    gen = cfg.get("generator", "v2")
+    tile = cfg.get("train_tile")
     L += [f"- sizes: {', '.join(f'{s}x{s}' for s in run_sizes)} (paper: 64, 128, 256, 512)",
-          f"- images per size: {cfg['count'] if not cfg['data'] else 'from --data'} original + "
-          f"{cfg['count'] if not cfg['data'] else 'from --data'} recaptured "
-          f"({'synthesized by recapfast.synth' if not cfg['data'] else cfg['data']}; paper: 10000 + 10000 real photos)",
+          f"- images (original + recaptured): {per_size if not cfg['data'] else 'from --data'} "
+          f"({f'synthesized by recapfast synth --generator {gen}' if not cfg['data'] else cfg['data']}; "
+          f"paper: 10000 + 10000 real photos per size)",
           f"- split: 40/10/50 train/val/test per class, seeded (seed {cfg['seed']})",
-          f"- training: {cfg['iters']} iterations, batch {cfg['batch_size']}, Adam, lr {cfg['lr']:g} x "
+          *([f"- models: **not trained by this run**: the given checkpoints {cfg['models']} (64 px; sha256 and "
+             f"training settings under Training below) are evaluated at every size"] if cfg.get("models") else []),
+          f"- training{' (not used: --models)' if cfg.get('models') else ''}: {cfg['iters']} iterations, batch {cfg['batch_size']}, Adam, lr {cfg['lr']:g} x "
           f"{cfg['lr_decay']:g} every {cfg['lr_step']} iterations (paper: 100k iterations, batch 64, lr 1e-4 x 0.9 "
           f"every 10k); validation every {cfg['val_every']} iterations, the best validation checkpoint is evaluated "
           f"(baseline: clean accuracy; robust: mean of clean and FGSM eps 2 accuracy)",
           f"- robust model (eq. 5-7): lambda {cfg['penalty']:g}, k {cfg['adv_count']} FGSM images per batch of "
           f"{cfg['batch_size']}, alpha {cfg['adv_weight']:g}, eps ~ U[1, 5]",
           f"- model widths {cfg['widths']}; evaluation: center crop, adversarial images quantized to uint8",
+          *([f"- tile-based training: for each size above {tile}x{tile} the train and validation images are cut "
+             f"into their {tile}x{tile} tiles and the models train and validate on those; the test images are "
+             f"evaluated whole (the network ends in global average pooling)"] if tile and not cfg.get("models") else []),
+          f"- measured quantities (FGSM/LLCM agreement, BIM-to-flip eps) on up to {cfg.get('measure_patches', 256)} "
+          f"x (64/size)^2 (at least 16) test patches per size, half per class",
           f"- device: {machine['device']}" + (f" ({gpu})" if gpu else
                                               " - **no GPU was available: this is not a full-protocol run**"),
           ""]
@@ -748,7 +815,14 @@ def render_report(data: dict) -> str:
             f = sizes[str(s)]["findings"][k]
             L.append(f"- ({k}) {'holds' if f['holds'] else '**does not hold**'}: {f['detail']}.")
             if f["explanation"]:
-                L.append(f"  Why: {f['explanation']}.")
+                L.append(f"  Measured: {f['explanation']}.")
+        meas = sizes[str(s)].get("measured")
+        if meas:
+            from .flipdist import agreement_sentence, flip_sentence
+
+            for m in MODELS:
+                L.append(f"- {MODEL_TITLES[m]}: {flip_sentence(meas[m])}; "
+                         f"{agreement_sentence(meas[m], 0)}.")
         L.append("")
 
     L += ["## Plots", ""]
@@ -766,7 +840,8 @@ def render_report(data: dict) -> str:
     rows = []
     for s in run_sizes:
         d, sp = sizes[str(s)]["data"], sizes[str(s)]["split"]
-        src = f"synth seed {d['synth_seed']}" if d.get("synthesized") else d.get("folder", "")
+        src = f"synth {d.get('generator', 'recapfast.synth/2')} seed {d['synth_seed']}" if d.get("synthesized") \
+            else d.get("folder", "")
         man = d["manifest"]
         rows.append([f"{s}", src, "/".join(map(str, man["per_class"])), f"`{man['sha256'][:16]}...`"] +
                     ["/".join(map(str, sp["counts"][k])) for k in SPLIT_NAMES] + [f"`{sp['split_sha256'][:16]}...`"])

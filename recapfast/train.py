@@ -384,8 +384,8 @@ def train(
 
 
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
-    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
-    fine-tune; ``config`` takes its arch and widths."""
+    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) that
+    checkpoint's model, which must have ``config.arch`` and ``config.widths``."""
     if config.init is None:
         return build(config.arch, config.widths)
     from .archs import CONFIG_NAMES
@@ -393,7 +393,10 @@ def _initial_model(config: TrainConfig) -> torch.nn.Module:
 
     model = load_recapfast(config.init, "cpu")
     spec = model.config()
-    config.arch, config.widths = CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+    arch, widths = CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+    if (arch, widths) != (config.arch, tuple(config.widths)):
+        raise DataError(f"--init {config.init}: {arch} widths {widths} differ from --arch {config.arch} "
+                        f"--widths {tuple(config.widths)}")
     return model.train()
 
 

@@ -1,4 +1,4 @@
-"""Smoke test of the benchmark suite's machinery (tiny sizes; peers optional; no timing asserted)."""
+"""The benchmark suite's machinery (tiny sizes; peers optional; no timing asserted) and the README's figures."""
 from __future__ import annotations
 
 import importlib.util
@@ -21,7 +21,8 @@ TINY = {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "scaling
         "scaling_args": {"size": 32, "count": 4, "counts": (1, 2)}, "train_reps": 1,
         "train_args": {"batch": 4, "size": 32, "count": 4}, "robust_iters": 1,
         "robust_args": {"batch": 4, "size": 32, "train_count": 4, "eval_count": 4},
-        "pipeline": {32: (4, 2024)}, "kernel_sizes": (), "kernel_reps": 1}
+        "screen_reps": 1, "screen_count": 2, "screen_args": {"size": 32, "tile": 16}, "floor_sizes": (32,),
+        "floor_reps": 1, "pipeline": {32: (4, 2024)}, "kernel_sizes": (), "kernel_reps": 1}
 
 
 @pytest.fixture
@@ -41,25 +42,75 @@ def test_suite_writes_results_and_reports_missing_peers(tiny_suite, monkeypatch)
     # foolbox is made to look absent: it must be reported as missing with the install command.
     monkeypatch.setattr(peers, "_probe", lambda m: (None, "ModuleNotFoundError: test") if m == "foolbox"
                         else real_probe(m))
-    names = ["recapfast-torch", "foolbox"] + (["torchattacks"] if importlib.util.find_spec("torchattacks") else [])
-    results, path = bench_main.run_suite("quick", ["eval-sweep", "scaling", "train-step", "data-pipeline"],
-                                         threads=1, model_path=str(model_path), out_dir=tmp_path / "out",
+    names = ["recapfast-torch", "skilled", "foolbox"] + (["torchattacks"] if importlib.util.find_spec("torchattacks")
+                                                          else [])
+    from recapfast import ops
+
+    backend_before, threads_before = ops._requested, torch.get_num_threads()
+    results, path = bench_main.run_suite("quick", ["eval-sweep", "scaling", "train-step", "screen-probe", "floor",
+                                                   "data-pipeline"],
+                                         threads=[1, 2], model_path=str(model_path), out_dir=tmp_path / "out",
                                          contender_names=names, stamp=False)
+    # every contender restored the process's op backend and thread count
+    assert (ops._requested, torch.get_num_threads()) == (backend_before, threads_before)
     saved = json.loads(path.read_text())
     md = path.with_suffix(".md").read_text()
     status = {c["name"]: c["status"] for c in saved["contenders"]}
     assert status["foolbox"] == "missing" and "missing" in md and "pip install --no-deps" in md
-    sweep = saved["workloads"]["eval_sweep"]["sizes"][0]
-    assert {r["contender"] for r in sweep["modes"]["model-only"]} == {n for n in names if status[n] == "ok"}
+    runs = saved["workloads"]["eval_sweep"]["runs"]
+    assert [r["threads"] for r in runs] == [1, 2]
+    sweep = runs[0]["sizes"][0]
+    ok = {n for n in names if status[n] == "ok"}
+    assert {r["contender"] for r in sweep["modes"]["model-only"]} == ok
+    assert {r["contender"] for r in sweep["modes"]["end-to-end"]} == ok
     assert sweep["images"] == 8
+    for row in sweep["modes"]["model-only"]:
+        assert len(row["cpu_all"]) == len(row["wall_all"]) == 1 and row["cpu_s"] > 0 and row["wall_s"] > 0
+        assert row["vs_skilled"] == pytest.approx(
+            next(r["cpu_s"] for r in sweep["modes"]["model-only"] if r["contender"] == "skilled") / row["cpu_s"],
+            abs=0.01)
+    agree = {a["contender"]: a for a in sweep["agreement"]}
+    assert agree["skilled"]["fgsm_identical"], agree["skilled"]      # the 20-liner computes the same attack
     if "torchattacks" in status:
-        (agree,) = sweep["agreement"]
-        assert agree["fgsm_identical"], agree          # same FGSM accuracy as the loop
-        assert sweep["modes"]["end-to-end"][0]["speedup_vs_torchattacks"] is not None
+        assert agree["torchattacks"]["fgsm_identical"], agree["torchattacks"]
+        assert sweep["modes"]["end-to-end"][0]["vs_torchattacks"] is not None
+    assert sweep["eval_over_sweep"]["recapfast-torch"] > 0
     assert {r["mode"] for r in saved["workloads"]["train_step"]["rows"]} == {"plain", "robust-exact", "robust-fd"}
+    assert saved["workloads"]["screen_probe"]["probe_over_plain"] > 0
+    assert saved["workloads"]["floor"]["sizes"][0]["mflop_per_image"] > 0
     assert [r["workers"] for r in saved["workloads"]["data_pipeline"]["rows"]] == [0, 1, 2]
     assert saved["meta"]["cores"] and saved["meta"]["torch"] == torch.__version__
-    assert "| px | contender |" in readme.section(saved, "x.json")
+    assert saved["meta"]["torch_threads"] == [1, 2]
+    text = readme.section(saved, "x.json")
+    assert "| px | contender |" in text and "skilled 20-line PyTorch script" in text
+    assert saved["meta"]["git_commit"] in text
+
+
+def test_readme_performance_section_is_generated_from_the_committed_results():
+    """The README's figures are the newest committed results, verbatim (commit hash and every number)."""
+    path = readme.latest()
+    results = json.loads(path.read_text())
+    expected = readme.section(results, readme.source_name(path))
+    actual = readme.readme_section((ROOT / "README.md").read_text())
+    assert actual == expected, "README performance section is stale: run `python -m bench.readme --write README.md`"
+    assert results["meta"]["git_commit"] in actual
+
+
+def test_skilled_script_equals_recapfast_sweep():
+    """The 20-line bar computes the same attack as recapfast: identical predictions on a real model and images."""
+    from bench import skilled
+    from recapfast.attacks import sweep
+
+    import recapfast as rf
+
+    model = rf.load_model("baseline")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 256, (16, 3, 64, 64), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (16,), generator=g)
+    clean, fgsm, llcm = skilled.make(model, [1, 2, 3])(x, y)
+    res = sweep(model, x, y, [1, 2, 3])
+    assert torch.equal(clean, res.clean_predictions)
+    assert torch.equal(fgsm, res.predictions["fgsm"]) and torch.equal(llcm, res.predictions["llcm"])
 
 
 def test_cli_rejects_unknown_workload():

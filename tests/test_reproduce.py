@@ -36,7 +36,7 @@ def tiny_run(tmp_path_factory):
 
 def test_end_to_end_outputs(tiny_run):
     out, result = tiny_run
-    assert result.ran == [f"32/{s}" for s in ("data", "split", "baseline", "robust", "eval", "figures")]
+    assert result.ran == [f"32/{s}" for s in ("data", "split", "baseline", "robust", "eval", "measure", "figures")]
     report = (out / "report.md").read_text()
     for heading in ("## Table 1", "## Table 2", "## Table 3", "## Findings", "## Data manifest", "## Environment"):
         assert heading in report
@@ -48,6 +48,11 @@ def test_end_to_end_outputs(tiny_run):
         assert 0.0 <= numbers[model]["clean"] <= 1.0
         assert len(numbers[model]["fgsm"]) == len(numbers[model]["llcm"]) == 5
     assert set(data["sizes"]["32"]["findings"]) == set("abcd")
+    assert data["sizes"]["32"]["data"]["generator"] == "recapfast.synth/3"
+    meas = data["sizes"]["32"]["measured"]["baseline"]
+    assert meas["patches"] == 16 and meas["clean_correct"] + meas["clean_wrong"] == 16
+    assert sum(meas["bim_flip_eps_histogram"].values()) == meas["clean_correct"]
+    assert "BIM-to-flip on 16 test patches" in report and "Why:" not in report
     assert data["machine"]["cores"] >= 1 and data["machine"]["torch"] == torch.__version__
     assert len(data["sizes"]["32"]["data"]["manifest"]["sha256"]) == 64
     for rel in data["sizes"]["32"]["figures"]:
@@ -86,7 +91,7 @@ def test_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
     before = json.loads((out / "state.json").read_text())["stages"]
     again = rp.reproduce(out, tiny_config(), workers=1, log=quiet)
-    assert again.ran == [] and len(again.skipped) == 6
+    assert again.ran == [] and len(again.skipped) == 7
     assert json.loads((out / "state.json").read_text())["stages"] == before
 
 
@@ -110,20 +115,20 @@ def test_resume_after_a_failed_stage(tmp_path, monkeypatch):
     logs = []
     result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
     assert result.skipped == ["32/data", "32/split", "32/baseline"]
-    assert result.ran == ["32/robust", "32/eval", "32/figures"]
+    assert result.ran == ["32/robust", "32/eval", "32/measure", "32/figures"]
     after = json.loads((out / "state.json").read_text())["stages"]
     for name in ("32/data", "32/split", "32/baseline"):
         assert after[name] == state[name]                            # same record, same finished_at
     assert (out / "report.md").is_file()
 
     # A training stage killed after its resume state was written continues from it.
-    del after["32/robust"], after["32/eval"], after["32/figures"]
+    del after["32/robust"], after["32/eval"], after["32/measure"], after["32/figures"]
     full = json.loads((out / "state.json").read_text())
     full["stages"] = after
     (out / "state.json").write_text(json.dumps(full))
     logs.clear()
     result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
-    assert result.ran == ["32/robust", "32/eval", "32/figures"]
+    assert result.ran == ["32/robust", "32/eval", "32/measure", "32/figures"]
     assert any("resuming" in line for line in logs)
 
 
@@ -169,6 +174,10 @@ def test_cli_validation_errors(tmp_path):
     assert res.exit_code == 1 and "--sizes" in res.output
     res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--sizes", "64", "--data", str(tmp_path)])
     assert res.exit_code == 1 and "64/" in res.output
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--protocol", "laptop"])
+    assert res.exit_code == 1 and "--protocol" in res.output
+    res = runner.invoke(app, ["reproduce", str(tmp_path / "o"), "--protocol", "cpu", "--count", "10,20"])
+    assert res.exit_code == 1 and "--count" in res.output and not (tmp_path / "o").exists()
 
 
 PAPERLIKE = {"baseline": {"clean": 0.967, "fgsm": [0.028, 0.009, 0.005, 0.006, 0.026],
@@ -177,8 +186,16 @@ PAPERLIKE = {"baseline": {"clean": 0.967, "fgsm": [0.028, 0.009, 0.005, 0.006, 0
                         "llcm": [0.900, 0.916, 0.930, 0.933, 0.930]}}
 
 
+# Measurements as recapfast.flipdist.measure returns them (10 patches, 2 misclassified when clean).
+MEASURED = {m: {"patches": 10, "clean_correct": 8, "clean_wrong": 2, "eps": [1.0, 2.0, 3.0, 4.0, 5.0],
+                "fgsm_llcm_identical": [0.8, 0.8, 0.7, 0.8, 0.8],
+                "misclassified_correct_after": {"fgsm": [0.0, 0.5, 0.5, 0.5, 1.0], "llcm": [1.0, 1.0, 1.0, 1.0, 1.0]},
+                "bim_flip_eps_histogram": {"1": 6, "2": 1, "3": 0, "4": 0, "5": 0, ">5": 1},
+                "bim_flip_eps_median": 1.0, "bim_flipped_share": 0.875, "bim_max_eps": 5} for m in ("baseline", "robust")}
+
+
 def test_findings_on_the_papers_numbers_all_hold():
-    f = rp.findings(PAPERLIKE)
+    f = rp.findings(PAPERLIKE, measured=MEASURED)
     assert all(f[k]["holds"] for k in "abcd")
     assert all(f[k]["explanation"] is None for k in "abcd")
 
@@ -190,30 +207,42 @@ def _variant(model, key, values):
 
 
 def test_findings_each_can_fail():
-    # (a): the baseline keeps 60% under LLCM at eps 1 (limit 0.5 x 96.7%)
-    f = rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]))
-    assert not f["a"]["holds"] and "LLCM" in f["a"]["detail"] and f["a"]["explanation"]
+    # (a): the baseline keeps 60% under LLCM at eps 1 (limit 0.5 x 96.7%); the explanation states the
+    # measured BIM flip distribution and the FGSM/LLCM agreement at that eps, nothing else
+    f = rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]), measured=MEASURED)
+    assert not f["a"]["holds"] and "LLCM" in f["a"]["detail"]
+    assert f["a"]["explanation"] == (
+        "BIM-to-flip on 10 test patches (8 correct when clean): flips 75.0% at eps 1, 12.5% at eps 2, 0.0% at eps 3, "
+        "0.0% at eps 4, 0.0% at eps 5, 12.5% at eps >5 (smallest flipping eps; '>5': not flipped up to eps 5); "
+        "FGSM and LLCM produced identical images on 80.0% of the patches at eps 1; of the 2 patches misclassified "
+        "when clean, FGSM made 0.0% and LLCM 100.0% correct")
     assert f["b"]["holds"]
+    # without measurements a failing finding carries no explanation at all (nothing canned)
+    assert rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]))["a"]["explanation"] is None
     # (b): FGSM 2 points above LLCM at eps 3 fails; 1 point is within the stated tolerance
-    f = rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.072, 0.006, 0.026]))
-    assert not f["b"]["holds"] and f["b"]["explanation"]
+    f = rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.072, 0.006, 0.026]), measured=MEASURED)
+    assert not f["b"]["holds"] and "identical images on 70.0% of the patches at eps 3" in f["b"]["explanation"]
     assert rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.061, 0.006, 0.026]))["b"]["holds"]
     # (c): clean drop of 5 points; or recovery below half in one cell
-    f = rp.findings(_variant("robust", "clean", 0.917))
-    assert not f["c"]["holds"] and "points below" in f["c"]["explanation"]
+    f = rp.findings(_variant("robust", "clean", 0.917), measured=MEASURED)
+    assert not f["c"]["holds"] and "(robust)" in f["c"]["explanation"] and "(-5.0 points)" in f["c"]["detail"]
     f = rp.findings(_variant("robust", "llcm", [0.900, 0.916, 0.40, 0.933, 0.930]))
-    assert not f["c"]["holds"] and "LLCM at eps 3" in f["c"]["explanation"]
+    assert not f["c"]["holds"] and "LLCM, eps 3" in f["c"]["detail"]
     # (d): the robust model resists LLCM better
-    f = rp.findings(_variant("robust", "llcm", [0.95, 0.96, 0.97, 0.97, 0.97]))
-    assert not f["d"]["holds"] and f["d"]["explanation"]
+    f = rp.findings(_variant("robust", "llcm", [0.95, 0.96, 0.97, 0.97, 0.97]), measured=MEASURED)
+    assert not f["d"]["holds"] and "80.0% of the patches at eps 2" in f["d"]["explanation"]
 
 
-def test_missing_matplotlib_is_one_clear_error(monkeypatch):
+def test_missing_matplotlib_is_one_clear_error(monkeypatch, tmp_path):
     from recapfast import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(plots.PlotError, match=r"install recapfast\[plot\]"):
         plots._pyplot()
+    # reproduce checks it before the first stage: nothing is synthesized or trained
+    with pytest.raises(plots.PlotError):
+        rp.reproduce(tmp_path / "out", tiny_config(), workers=1, log=quiet)
+    assert not (tmp_path / "out").exists()
 
 
 def test_two_class_llcm_equals_fgsm_on_correctly_classified_patches(small_model, batch):
@@ -227,3 +256,43 @@ def test_two_class_llcm_equals_fgsm_on_correctly_classified_patches(small_model,
     same = (rf.fgsm(small_model, x, y, 3) == rf.llcm(small_model, x, y, 3)).flatten(1).all(1)
     assert correct.any() and (~correct).any()
     assert torch.equal(same, correct)
+
+
+def test_tile_based_training_and_per_size_counts(tmp_path):
+    """--train-tile: the train/val images are cut into tiles (no image crosses splits), the models
+    train on tiles and the test images are evaluated whole; --count can differ per size."""
+    cfg = tiny_config(sizes=(32, 16), count=(12, 10), train_tile=16)
+    out = tmp_path / "out"
+    rp.reproduce(out, cfg, workers=1, log=quiet, stop_after="32/split")
+    lists = json.loads((out / "work" / "32" / "split.json").read_text())
+    train_tiles = sorted(p.name for p in (out / "work" / "32" / "split" / "train").rglob("*.png"))
+    assert len(train_tiles) == 4 * len(lists["train"])                       # (32 // 16)^2 tiles per image
+    stems = {os.path.splitext(os.path.basename(p))[0] for p in lists["train"]}
+    assert {t.split("__r")[0] for t in train_tiles} == stems                  # only training images' tiles
+    assert all(not p.is_symlink() for p in (out / "work" / "32" / "split" / "train").rglob("*.png"))
+    assert len(list((out / "work" / "32" / "split" / "test").rglob("*.png"))) == len(lists["test"])
+    result = rp.reproduce(out, cfg, workers=1, log=quiet)
+    data = json.loads((out / "results.json").read_text())
+    assert data["sizes"]["32"]["training"]["baseline"]["settings"]["size"] == 16
+    assert data["sizes"]["32"]["evaluation"]["baseline"]["patches"] == 12     # 6 + 6 test images, whole
+    assert data["sizes"]["16"]["data"]["manifest"]["per_class"] == [10, 10]
+    assert data["sizes"]["16"]["split"]["train_tiles"] is None                # tile == size: no tiling
+    assert "tile-based training" in (out / "report.md").read_text() and result.ran[-1] == "16/figures"
+    with pytest.raises(rp.ReproduceError, match="--count"):
+        rp.reproduce(tmp_path / "o2", tiny_config(sizes=(32, 16), count=(12, 10, 8)), workers=1, log=quiet)
+
+
+def test_models_option_evaluates_given_checkpoints(tiny_run, tmp_path):
+    """--models: the training stages copy the given checkpoints (nothing is trained) and the report says so."""
+    src, _ = tiny_run
+    given = tuple(str(src / "work" / "32" / f"{m}.safetensors") for m in ("baseline", "robust"))
+    out = tmp_path / "out"
+    rp.reproduce(out, tiny_config(models=given), workers=1, log=quiet)
+    data = json.loads((out / "results.json").read_text())
+    for m, path in zip(("baseline", "robust"), given):
+        t = data["sizes"]["32"]["training"][m]
+        assert t["trained_here"] is False and t["source"] == path
+        assert (out / "work" / "32" / f"{m}.safetensors").read_bytes() == open(path, "rb").read()
+    assert "not trained by this run" in (out / "report.md").read_text()
+    with pytest.raises(rp.ReproduceError, match="--models"):
+        rp.reproduce(tmp_path / "o2", tiny_config(models=given[:1]), workers=1, log=quiet)

@@ -127,3 +127,22 @@ def test_ranks_share_the_global_batch_eps():
     parts = [adversarial_eps(cfg, step=7, global_batch=8, rank=r, world=2) for r in range(2)]
     assert torch.equal(full[0::2], parts[0]) and torch.equal(full[1::2], parts[1])
     assert parts[0].numel() == 3 and parts[1].numel() == 2  # global images 0,2,4 and 1,3
+
+
+def test_init_starts_from_a_checkpoints_weights(synth_dir, tmp_path):
+    from recapfast import load_model
+
+    cfg = TrainConfig(iters=10, batch_size=8, lr=3e-3, val_every=5, seed=0, widths=TINY)
+    train(synth_dir, tmp_path / "a.safetensors", cfg, log=lambda m: None)
+    start = TrainConfig(iters=0, batch_size=8, val_every=5, seed=1, widths=TINY, robust=True, adv_count=4,
+                        init=str(tmp_path / "a.safetensors"))
+    train(synth_dir, tmp_path / "b.safetensors", start, log=lambda m: None)
+    a, b = load_model(tmp_path / "a.safetensors").state_dict(), load_model(tmp_path / "b.safetensors").state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fresh = train(synth_dir, tmp_path / "c.safetensors", TrainConfig(**{**start.__dict__, "init": None}),
+                  log=lambda m: None)
+    c = load_model(fresh.checkpoint).state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(DataError, match="widths"):
+        train(synth_dir, tmp_path / "d.safetensors", TrainConfig(**{**start.__dict__, "widths": (4, 4, 4, 4, 4)}),
+              log=lambda m: None)

@@ -22,7 +22,7 @@ def demo_command(
     """The main job on the bundled defaults: Tables 1-3 for the baseline and the robust model."""
     from ..checkpoint import load_model
     from ..evaluate import evaluate_folder
-    from ..synth import synthesize
+    from ..synth_data import synthesize     # generator v3, what the bundled models were trained on
 
     if folder is not None:
         from ..validate import output_dir

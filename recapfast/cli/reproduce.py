@@ -8,15 +8,30 @@ import typer
 
 from ._app import DeviceOpt, ForceOpt, QuietOpt, SeedOpt, app, resolve_device, stderr_console
 
+# --protocol presets; any option given explicitly overrides its preset value.
+PROTOCOLS = {
+    # Zhao et al. 2018, section 4: 10000 + 10000 images per size, 100k iterations, lr 1e-4 x0.9 every 10k.
+    "full": {"sizes": "64,128,256,512", "count": "10000", "iters": 100_000, "lr": 1e-4, "train_tile": None},
+    # Sized for a shared 2-core CPU: fewer images at larger sizes (synthesis cost grows with the pixel
+    # count), and no training: the bundled 64 px models (README "Bundled models": trained on v3 data) are
+    # evaluated at every size (the network ends in global average pooling).
+    "cpu": {"sizes": "64,128,256,512", "count": "600,200,80,30", "iters": 600, "lr": 1e-3, "train_tile": 64,
+            "val_every": 100, "lr_step": 60, "models": "baseline,robust"},
+}
+
 
 @app.command("reproduce")
 def reproduce_command(
     out: Annotated[Path, typer.Argument(help="Output folder: report.md, results.json, plots/, state.json "
                                              "(data and checkpoints under OUT/work/, git-ignored).")],
-    sizes: Annotated[str, typer.Option("--sizes", help="Comma-separated patch sizes.")] = "64,128,256,512",
-    count: Annotated[int, typer.Option("--count", min=1, help="Originals and recaptures per size (each).")] = 10_000,
-    iters: Annotated[int, typer.Option("--iters", min=1, help="Training iterations per model.")] = 100_000,
-    lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-4,
+    protocol: Annotated[str, typer.Option("--protocol", help="Presets: full (the paper's: 64-512 px, 10000 + 10000 "
+                                          "images, 100k iterations; for a GPU) or cpu (reduced, about an hour on "
+                                          "2 cores; see README).  Explicit options override.")] = "full",
+    sizes: Annotated[Optional[str], typer.Option("--sizes", help="Comma-separated patch sizes.")] = None,
+    count: Annotated[Optional[str], typer.Option("--count", help="Originals and recaptures per size (each): one "
+                                                 "number, or one per size (comma-separated).")] = None,
+    iters: Annotated[Optional[int], typer.Option("--iters", min=1, help="Training iterations per model.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Initial Adam learning rate.")] = None,
     lr_step: Annotated[Optional[int], typer.Option("--lr-step", min=1, help="Decay the lr x0.9 every N "
                                                    "iterations (default iters/10).")] = None,
     penalty: Annotated[float, typer.Option("--penalty", help="lambda: weight of ||grad_x J||_2 (robust).")] = 10.0,
@@ -27,6 +42,11 @@ def reproduce_command(
                                                  help="Use DIR/<size>/{original,recaptured} instead of synthesizing.")] = None,
     notes: Annotated[Optional[Path], typer.Option("--notes", exists=True, dir_okay=False,
                                                   help="Markdown file shown in the report under 'Why these settings'.")] = None,
+    train_tile: Annotated[Optional[int], typer.Option("--train-tile", min=8, help="Train and validate on TxT tiles "
+                                                      "of the images of larger sizes; test whole images (reduced protocol).")] = None,
+    generator: Annotated[str, typer.Option("--generator", help="Synthesis generator: v3 or v2.")] = "v3",
+    models: Annotated[Optional[str], typer.Option("--models", help="BASELINE,ROBUST checkpoints (bundled names or "
+                                                  ".safetensors) to evaluate instead of training per size; none: train.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Synthesis processes (default min(2, cores)).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -43,11 +63,28 @@ def reproduce_command(
     number(penalty, "--penalty", 0.0)
     output_dir(out, "OUT", force=True)         # created if missing; its parent must exist (reproduce resumes OUT)
 
+    if protocol not in PROTOCOLS:
+        raise typer.BadParameter(f"{protocol!r}: choose {' or '.join(PROTOCOLS)}", param_hint="--protocol")
+    preset = PROTOCOLS[protocol]
+    sizes = sizes if sizes is not None else preset["sizes"]
+    count = count if count is not None else preset["count"]
+    iters = iters if iters is not None else preset["iters"]
+    lr = lr if lr is not None else preset["lr"]
+    train_tile = train_tile if train_tile is not None else preset["train_tile"]
+    val_every = val_every if val_every is not None else preset.get("val_every")
+    lr_step = lr_step if lr_step is not None else preset.get("lr_step")
+    models = models if models is not None else preset.get("models")
     try:
         size_values = tuple(int(s) for s in sizes.split(",") if s.strip())
     except ValueError as err:
         raise typer.BadParameter(f"{sizes!r} is not a comma-separated list of integers", param_hint="--sizes") from err
-    config = ReproduceConfig(sizes=size_values, count=count, iters=iters, lr=lr, lr_step=lr_step, penalty=penalty,
+    try:
+        count_values = tuple(int(c) for c in count.split(",") if c.strip())
+    except ValueError as err:
+        raise typer.BadParameter(f"{count!r} is not a number or a comma-separated list", param_hint="--count") from err
+    config = ReproduceConfig(sizes=size_values, count=count_values, iters=iters, train_tile=train_tile,
+                             generator=generator,
+                             models=tuple(models.split(",")) if models and models != "none" else None, lr=lr, lr_step=lr_step, penalty=penalty,
                              batch_size=batch_size, val_every=val_every, seed=seed,
                              data=str(data) if data is not None else None)
     console = stderr_console(quiet)

@@ -30,10 +30,12 @@ def train_command(
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
-    arch: Annotated[str, typer.Option("--arch", help="laplacian (Yang's LaplacianCNN), bayar (Bayar & Stamm's "
-                                                     "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
-    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
-                                                                   "laplacian 8,16,32,64,128).")] = None,
+    arch: Annotated[Optional[str], typer.Option("--arch", help="laplacian (Yang's LaplacianCNN, the default), bayar "
+                                                               "(Bayar & Stamm's constrained CNN), meso4 (MesoNet-4); "
+                                                               "with --init: the checkpoint's.")] = None,
+    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's, "
+                                                                   "laplacian 8,16,32,64,128; with --init: the "
+                                                                   "checkpoint's).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
                                                 "or .safetensors), e.g. --robust --init baseline.")] = None,
@@ -51,10 +53,16 @@ def train_command(
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
+    if init is not None and (arch is None or widths is None):     # default to the checkpoint's architecture
+        from ..archs import CONFIG_NAMES
+        from ..zoo import load_recapfast
+
+        spec = load_recapfast(init).config()
+        arch = arch or CONFIG_NAMES[spec["arch"]]
+        widths = widths or ",".join(map(str, spec["widths"]))
+    arch = arch or "laplacian"
     if arch not in ARCHS:
         raise ArgumentError(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
-    if init is not None and widths is not None:
-        raise ArgumentError("--widths: --init takes the checkpoint's architecture and widths; drop --widths")
     if arch == "laplacian":
         width_values = check_widths(widths if widths is not None else ",".join(map(str, ARCHS[arch][1])))
     else:

@@ -1,0 +1,169 @@
+"""Generator v3 (recapfast.synth3), real-photo scenes (recapfast.scenes) and `recapfast synth --scenes`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from recapfast import scenes, synth3
+from recapfast.cli import app
+from recapfast.synth_data import synthesize
+
+from test_synth import _global_statistics, _logistic_regression_accuracy
+
+SIZE = 64
+
+
+@pytest.mark.parametrize("recaptured", [False, True])
+def test_v3_is_deterministic_by_seed(recaptured):
+    a, pa = synth3.render(SIZE, recaptured, np.random.default_rng(7))
+    b, pb = synth3.render(SIZE, recaptured, np.random.default_rng(7))
+    c, _ = synth3.render(SIZE, recaptured, np.random.default_rng(8))
+    assert a.tobytes() == b.tobytes() and pa == pb
+    assert a.tobytes() != c.tobytes()
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8 and a.std() > 2.0
+    json.dumps(pa)
+    assert pa["class"] == ("recaptured" if recaptured else "original")
+
+
+def test_v3_synthesize_layout_and_parallel_equals_serial(tmp_path):
+    a = synthesize(tmp_path / "a", size=32, count=6, seed=5, workers=1)
+    b = synthesize(tmp_path / "b", size=32, count=6, seed=5, workers=2)
+    assert a["generator"] == synth3.GENERATOR_VERSION == "recapfast.synth/3"
+    assert [f["sha256"] for f in a["files"]] == [f["sha256"] for f in b["files"]]
+    img, _ = synth3.render_indexed(32, 1, 4, seed=5)
+    with Image.open(tmp_path / "a" / "recaptured" / "000004.png") as im:
+        assert np.array_equal(np.asarray(im), img)
+    v2 = synthesize(tmp_path / "v2", size=32, count=2, seed=5, workers=1, generator="v2")
+    assert v2["generator"] == "recapfast.synth/2"
+
+
+# ------------------------------------------------------------------------------------------
+# global statistics and trace energy (one shared data set)
+# ------------------------------------------------------------------------------------------
+
+N_PER_CLASS = 400
+
+
+@pytest.fixture(scope="module")
+def v3_dataset(tmp_path_factory):
+    out = tmp_path_factory.mktemp("v3") / "ds"
+    synthesize(out, size=SIZE, count=N_PER_CLASS, seed=2025, workers=2)
+    imgs, labels = [], []
+    for i in range(N_PER_CLASS):
+        for label, cls in enumerate(synth3.CLASS_DIRS):
+            with Image.open(out / cls / f"{i:06d}.png") as im:
+                imgs.append(np.asarray(im))
+            labels.append(label)
+    return np.stack(imgs), np.array(labels)
+
+
+def test_v3_global_statistics_do_not_separate_the_classes(v3_dataset):
+    x, y = v3_dataset
+    acc = _logistic_regression_accuracy(_global_statistics(x), y, n_train=len(y) // 2)
+    print(f"\nv3: logistic regression on global statistics: held-out accuracy {acc:.3f}")
+    assert acc <= 0.65
+
+
+def test_v3_trace_energy_is_below_the_documented_bound():
+    res = synth3.trace_energy(SIZE, 24, seed=11)
+    print(f"\nv3 trace energy: {res}")
+    assert res["recaptured"]["mean"] <= synth3.TRACE_ENERGY_BOUND
+    assert res["recaptured"]["mean"] > 0.2                       # there IS a trace
+    assert res["sign_pattern_eps1"] == pytest.approx(0.8862, abs=1e-4)
+
+
+def test_trace_energy_exceeds_the_bound_when_the_optics_do_not_attenuate(monkeypatch):
+    """The bound is not vacuous: a camera far sharper than its pixels (v2's mistake), close enough
+    to resolve the display pixels, leaves a trace many times above it."""
+    sharp = {"core_sigma": 0.05, "halo_sigma": 0.05, "core_weight": 1.0, "defocus_sigma": 0.0, "olpf": None,
+             "fill_factor": 0.3}
+    monkeypatch.setattr(synth3, "_draw_optics", lambda rng: (rng.random(), dict(sharp))[1])
+    real_geo = synth3._draw_geometry
+
+    def close(rng):
+        geo = real_geo(rng)
+        geo["scale"] = 0.45
+        return geo
+
+    monkeypatch.setattr(synth3, "_draw_geometry", close)
+    res = synth3.trace_energy(SIZE, 8, seed=11)
+    assert res["recaptured"]["mean"] > 2 * synth3.TRACE_ENERGY_BOUND
+
+
+# ------------------------------------------------------------------------------------------
+# real-photo scenes
+# ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    paths = scenes.sample_photo_paths()
+    if len(paths) < 6:
+        pytest.skip("scikit-image / scikit-learn sample photos are not installed (pip install '.[test]')")
+    d = tmp_path_factory.mktemp("photos")
+    for p in paths:
+        (d / p.split("/")[-1]).write_bytes(open(p, "rb").read())
+    return d
+
+
+def test_scene_split_has_no_leakage(photo_dir, tmp_path):
+    man = synthesize(tmp_path / "ds", size=32, count=20, seed=3, workers=2, scenes_dir=photo_dir,
+                     split=(0.6, 0.2, 0.2), procedural=0.3, direct=0.5)
+    splits = man["splits"]
+    assert set(splits) == {"train", "val", "test"}
+    photo_sets = {k: set(v["photos"]) for k, v in splits.items()}
+    assert all(photo_sets.values())
+    assert not (photo_sets["train"] & photo_sets["val"]) and not (photo_sets["train"] & photo_sets["test"]) \
+        and not (photo_sets["val"] & photo_sets["test"])
+    assert set().union(*photo_sets.values()) == {p["name"] for p in man["scenes"]["photos"]}
+    kinds = set()
+    for name, part in splits.items():
+        assert len(part["files"]) == 2 * part["count"]
+        for rec in part["files"]:
+            assert rec["file"].startswith(f"{name}/")
+            assert (tmp_path / "ds" / rec["file"]).is_file()
+            scene = rec["params"]["scene"]
+            kinds.add(scene["kind"])
+            if scene["kind"] != "procedural":
+                assert scene["photo"] in photo_sets[name]       # never a photo of another split
+    assert kinds == {"procedural", "photo", "photo, used directly"}
+    # the split depends only on the photo names and the seed
+    again = scenes.split_photos(scenes.load_photos(photo_dir)[0], (0.6, 0.2, 0.2), 3)
+    assert {k: len(v) for k, v in again.items()} == {k: len(v["photos"]) for k, v in splits.items()}
+
+
+def test_scenes_with_broken_and_odd_files(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(d / "good.png")
+    Image.fromarray(rng.integers(0, 256, (130, 100), dtype=np.uint8)).save(d / "grey.png")       # usable
+    Image.fromarray(rng.integers(0, 256, (110, 140, 4), dtype=np.uint8)).save(d / "rgba.png")    # usable
+    good = (d / "good.png").read_bytes()
+    (d / "truncated.png").write_bytes(good[: len(good) // 3])
+    (d / "notes.jpg").write_text("not an image")
+    (d / "empty.png").write_bytes(b"")
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(d / "tiny.png")
+    (d / "readme.txt").write_text("ignored: not an image name")
+    runner = CliRunner()
+    res = runner.invoke(app, ["synth", str(tmp_path / "out"), "--scenes", str(d), "--count", "4", "--size", "32",
+                              "--workers", "1", "--split", "0.34,0.33,0.33"])
+    assert res.exit_code == 0, res.output
+    for name in ("truncated.png", "notes.jpg", "empty.png", "tiny.png"):
+        assert f"skipping scene {d / name}" in res.output
+    assert "good.png" not in res.output.split("wrote")[0]
+    man = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(p["name"] for p in man["scenes"]["photos"]) == ["good.png", "grey.png", "rgba.png"]
+    assert sorted(s["name"] for s in man["scenes"]["skipped"]) == ["empty.png", "notes.jpg", "tiny.png", "truncated.png"]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.png").write_text("nope")
+    res = runner.invoke(app, ["synth", str(tmp_path / "out2"), "--scenes", str(bad), "--count", "2"])
+    assert res.exit_code == 1
+    assert "no usable photograph" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["synth", str(tmp_path / "out3"), "--scenes", str(tmp_path / "missing"), "--count", "2"])
+    assert res.exit_code == 1 and "no such folder" in res.output
