@@ -72,6 +72,12 @@ class EvalResult:
     uap: dict | None = None
     metrics: str = "full"          # perturbation metrics computed: full (L-inf, L2, PSNR, SSIM), fast (no SSIM), none
     settings: dict = field(default_factory=dict)   # threads and op backend of the run (recapfast.runtime)
+    # Filled by recapfast.trust.TrustAccumulator (eval's detection metrics, masking checks, worst case, JPEG).
+    detection: dict | None = None
+    masking: dict | None = None
+    worst_case: dict | None = None
+    jpeg: list | None = None
+    attack_settings: dict = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -109,15 +115,17 @@ class Evaluator:
 
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
                  attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
-                 iterative: IterativeConfig | None = None, uap=None, metrics: str = "full"):
+                 iterative: IterativeConfig | None = None, uap=None, metrics: str = "full", trust=None):
+        from .trust import EXTRA_ATTACKS, TrustAccumulator, TrustConfig
+
         if metrics not in METRIC_LEVELS:
             raise ValueError(f"metrics must be one of {', '.join(METRIC_LEVELS)}, got {metrics!r}")
         self.metrics = metrics
         self.model = model
-        unknown = [a for a in attacks if a not in ATTACKS and a not in ITERATIVE_ATTACKS]
+        unknown = [a for a in attacks if a not in ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack(s) {', '.join(unknown)}; choose from "
-                             f"{', '.join(ATTACKS + ITERATIVE_ATTACKS)}")
+                             f"{', '.join(ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)}")
         self.iterative = iterative or IterativeConfig()
         self.uap = uap                 # a recapfast.uap.UAP or None
         self.eps = [float(e) for e in eps]
@@ -141,6 +149,12 @@ class Evaluator:
         self.uap_dist = z(4, dtype=torch.float64)      # sums of L-inf, L2, PSNR (changed patches), SSIM
         self.uap_changed = z(1)
         self.patch_size = 0
+        # apgd/square, detection metrics, masking checks, JPEG survival (recapfast.trust); not a tensor, so
+        # distributed.reduce_evaluator leaves it to its own reduce().
+        if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
+            trust = TrustConfig(detection=False, gradients=False)
+        self.trust = None if trust is None else \
+            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] == 0:
@@ -150,12 +164,16 @@ class Evaluator:
         y = y.to(self.device, non_blocking=True)
         single = [a for a in self.attacks if a in ATTACKS]
         iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
-        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics)
+        keep = self.trust is not None      # the trust checks (JPEG, extra logits) read the adversarial images
+        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
+                    return_images=keep)
         if iterative:
             more = sweep_iterative(self.model, x, y, self.eps, iterative, self.quantize, self.iterative,
-                                   clean_logits=res.clean_logits, metrics=self.metrics)
-            for part in ("predictions", "linf", "l2", "mse", "ssim"):
+                                   clean_logits=res.clean_logits, metrics=self.metrics, return_images=keep)
+            for part in ("predictions", "linf", "l2", "mse", "ssim", "images"):
                 getattr(res, part).update(getattr(more, part))
+        if self.trust is not None:
+            self.trust.update(x, y, res, self.metrics)
         onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
         self.per_class += onehot.sum(0)
         clean_ok = res.clean_predictions == y
@@ -239,13 +257,16 @@ class Evaluator:
                          "step_size": 1.0 if c.step_size is None else c.step_size,
                          "pgd_random_start": c.random_start, "pgd_seed": c.seed, "mifgsm_decay": c.decay,
                          "illc_target": "least likely class of the clean image (fixed for all steps)"}
-        return EvalResult(
+        result = EvalResult(
             model=model_name, eps=self.eps, attacks=self.attacks, patch_size=self.patch_size, files=files,
             patches=total, patches_per_class=per_class, clean_correct=clean_total,
             clean_accuracy=ratio(clean_total, total),
             clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
             cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize,
             iterative=iterative, uap=uap, metrics=self.metrics)
+        if self.trust is not None:
+            self.trust.finish(result)
+        return result
 
 
 def report_error(path: str, reason: str, stream=None) -> None:
@@ -270,6 +291,7 @@ def evaluate_folder(
     iterative: IterativeConfig | None = None,
     uap=None,
     metrics: str = "full",
+    trust=None,
 ) -> EvalResult:
     """Evaluate ``model`` on a labelled folder, streaming it in batches of ``batch_size`` files.
 
@@ -284,7 +306,7 @@ def evaluate_folder(
     device = next(model.parameters()).device
     loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap,
-                          metrics=metrics)
+                          metrics=metrics, trust=trust)
     evaluator.patch_size = size
     errors, notes, files = [], [], 0
     start = time.perf_counter()
@@ -300,6 +322,8 @@ def evaluate_folder(
         if progress is not None:
             progress(len(batch.files) + len(batch.errors))
     files, errors, notes = distributed.reduce_evaluator(evaluator, files, errors, notes)
+    if evaluator.trust is not None:
+        evaluator.trust.reduce()
     result = evaluator.result(model_name, files, errors, notes)
     result.seconds = distributed.all_reduce_max(time.perf_counter() - start)
     result.class_names = list(class_names)

@@ -31,9 +31,10 @@ from .data import CLASS_NAMES, UNLABELLED, DataError, DecodeError, PatchDataset,
     to_patches
 from .iterative import ITERATIVE_ATTACKS, IterativeConfig, sweep_iterative
 from .lock import lock_outputs
+from .trust import EXTRA_ATTACKS
 
 LOG_NAME, MANIFEST_NAME = "manifest.jsonl", "manifest.json"
-NEEDS_LABELS = ("fgsm", "bim", "pgd", "mifgsm")
+NEEDS_LABELS = ("fgsm", "bim", "pgd", "mifgsm") + EXTRA_ATTACKS
 
 
 @dataclass
@@ -97,8 +98,13 @@ def read_log(path: Path) -> tuple[dict | None, list[dict]]:
     return settings, entries
 
 
-def _attack_batch(model, x, y, attack, eps, iterative):
+def _attack_batch(model, x, y, attack, eps, iterative, extra=None):
     """(adversarial uint8 [N, 3, H, W], clean predictions, adversarial predictions) for one batch."""
+    if attack in EXTRA_ATTACKS:         # apgd, square (recapfast.trust; ``extra``: its TrustConfig)
+        from .trust import attack_batch
+
+        adv, preds, clean = attack_batch(model, x, y, eps, attack, iterative, extra)
+        return adv, clean.cpu(), preds.cpu()
     if attack in ATTACKS:
         res = sweep(model, x, y, [eps], [attack], return_images=True)
     else:
@@ -124,14 +130,15 @@ def export_adversarial(
     resume: bool = False,
     force: bool = False,
     iterative: IterativeConfig | None = None,
+    extra=None,
 ) -> ExportResult:
     """Adversarial images of every file of ``root`` written under ``out`` at the same relative path.
 
     Raises DataError (after writing the manifest) when no file could be used at all.
     """
     root, out = Path(root), Path(out)
-    if attack not in ATTACKS + ITERATIVE_ATTACKS:
-        raise DataError(f"--attack {attack!r}: choose from {', '.join(ATTACKS + ITERATIVE_ATTACKS)}")
+    if attack not in ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS:
+        raise DataError(f"--attack {attack!r}: choose from {', '.join(ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)}")
     if tile and full_size:
         raise DataError("--tile and --full-size exclude each other (tiles as files, or the whole image)")
     if resume and force:
@@ -142,8 +149,15 @@ def export_adversarial(
     iterative = iterative or IterativeConfig()
     settings = {"attack": attack, "eps": float(eps), "model": model_name, "size": size, "tile": tile,
                 "full_size": full_size, "source": str(root), "quantized": True,
-                "iterative": None if attack in ATTACKS else
+                "iterative": None if attack not in ITERATIVE_ATTACKS else
                 {"steps": iterative.steps, "step_size": iterative.step_size, "seed": iterative.seed}}
+    if attack in EXTRA_ATTACKS:
+        from dataclasses import asdict
+
+        from .trust import TrustConfig
+
+        # as JSON reads it back (tuples as lists), so that --resume compares like with like
+        settings["attack_settings"] = json.loads(json.dumps(asdict(getattr(extra or TrustConfig(), attack))))
     samples = discover(root, class_names, labelled=labelled)
     with lock_outputs(out):
         log_path = _prepare(out, settings, resume, force)
@@ -166,7 +180,7 @@ def export_adversarial(
                 lines = []
                 if x is not None and x.shape[0]:
                     adv, clean, preds = _attack_batch(model, x.to(device), y.to(device) if labelled else None,
-                                                      attack, eps, iterative)
+                                                      attack, eps, iterative, extra)
                     lines = _write_outputs(out, root, entries, grids, adv.permute(0, 2, 3, 1).cpu().numpy(),
                                            clean, preds, tile, full_size)
                 for entry in entries:

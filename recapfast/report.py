@@ -43,6 +43,9 @@ def result_markdown(result) -> str:
         for c in cells:
             dist_rows.append([name.upper(), eps_label(c.eps), num(c.mean_linf), num(c.mean_l2), num(c.mean_psnr),
                               num(getattr(c, "mean_ssim", float("nan")), 4)])
+    worst = getattr(result, "worst_case", None)
+    if worst:
+        acc_rows.append(["WORST CASE"] + [pct(c["accuracy"]) for c in worst["cells"]])
     title = f"model `{result.model}`" if result.model else "model"
     parts = [f"### {title}", "", clean_line(result), ""]
     if result.cells:
@@ -63,6 +66,9 @@ def result_markdown(result) -> str:
                       f"level(s); PGD random start {'on' if iterative['pgd_random_start'] else 'off'} "
                       f"(seed {iterative['pgd_seed']}); MI-FGSM decay {iterative['mifgsm_decay']:g}; ILLC target: "
                       f"{iterative['illc_target']}", ""]
+    from .trust_report import trust_markdown
+
+    parts += trust_markdown(result)
     uap = getattr(result, "uap", None)
     if uap:
         per_class = ", ".join(f"{name} {pct(a)}" for name, a in zip(result.class_names, uap["accuracy_per_class"]))
@@ -99,21 +105,27 @@ def result_json(result) -> str:
 
 
 CSV_FIELDS = ["model", "attack", "eps", "accuracy", "success_rate", "correct", "patches", "mean_linf", "mean_l2",
-              "mean_psnr", "mean_ssim"]
+              "mean_psnr", "mean_ssim", "auc", "eer"]
 
 
 def result_csv(result) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
     writer.writeheader()
+    detection = getattr(result, "detection", None) or {}
+    det = {(c["attack"], c["eps"]): c for c in [detection["clean"], *detection["cells"]]} if detection else {}
+    roc = lambda key: {"auc": det[key]["auc"], "eer": det[key]["eer"]} if key in det else {}  # noqa: E731
     writer.writerow({"model": result.model, "attack": "clean", "eps": 0, "accuracy": result.clean_accuracy,
                      "success_rate": "", "correct": result.clean_correct, "patches": result.patches,
-                     "mean_linf": 0, "mean_l2": 0, "mean_psnr": "", "mean_ssim": 1.0})
+                     "mean_linf": 0, "mean_l2": 0, "mean_psnr": "", "mean_ssim": 1.0, **roc(("clean", 0.0))})
     for c in result.cells:
         writer.writerow({"model": result.model, "attack": c.attack, "eps": c.eps, "accuracy": c.accuracy,
                          "success_rate": c.success_rate, "correct": c.correct, "patches": result.patches,
                          "mean_linf": c.mean_linf, "mean_l2": c.mean_l2, "mean_psnr": c.mean_psnr,
-                         "mean_ssim": getattr(c, "mean_ssim", "")})
+                         "mean_ssim": getattr(c, "mean_ssim", ""), **roc((c.attack, c.eps))})
+    for c in (getattr(result, "worst_case", None) or {}).get("cells", []):
+        writer.writerow({"model": result.model, "attack": "worst_case", "eps": c["eps"], "accuracy": c["accuracy"],
+                         "correct": c["correct"], "patches": result.patches})
     uap = getattr(result, "uap", None)
     if uap:
         # success_rate holds the fooling rate for the UAP row (prediction changed / patches).

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import atomic
 from .attacks import eval_mode, input_gradients
 from .runtime import settings as runtime_settings
-from .checkpoint import save_checkpoint
+from .archs import ARCHS, build
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
 from . import distributed
 from .evaluate import Evaluator
@@ -60,6 +60,7 @@ class TrainConfig:
     size: int = 64
     seed: int = 0
     widths: tuple = DEFAULT_WIDTHS
+    arch: str = "laplacian"         # recapfast.archs: laplacian, bayar, meso4
     init: str | None = None         # start from this checkpoint's weights (bundled name or .safetensors path)
 
     def validate(self) -> None:
@@ -74,6 +75,7 @@ class TrainConfig:
                                                  f"got {self.penalty_mode!r}"),
             (self.val_every >= 1, f"--val-every must be >= 1, got {self.val_every}"),
             (0 < self.val_fraction < 1, f"--val-fraction must be in (0, 1), got {self.val_fraction}"),
+            (self.arch in ARCHS, f"--arch must be one of {', '.join(ARCHS)}, got {self.arch!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -286,14 +288,7 @@ def train(
         raise DataError(f"{train_dir}: training needs images of both classes ({' and '.join(class_names)})")
     device = torch.device(device)
     torch.manual_seed(config.seed)
-    model = LaplacianCNN(config.widths).to(device)
-    if config.init is not None:
-        from .checkpoint import load_model
-
-        start_from = load_model(config.init)
-        if tuple(start_from.widths) != tuple(config.widths):
-            raise DataError(f"--init {config.init}: widths {tuple(start_from.widths)} differ from --widths {config.widths}")
-        model.load_state_dict(start_from.state_dict())
+    model = _initial_model(config).to(device)
     # Under torchrun: data-parallel over the ranks (README, "Several processes and machines"); one rank is a no-op.
     dist_info = distributed.current()
     if dist_info.enabled:
@@ -350,8 +345,10 @@ def train(
         if s > best_score:
             best_score, best, mark = s, dict(metrics), " (best)"
         if mark and dist_info.is_main:
-            save_checkpoint(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
-                                         "history": history, "compute": runtime_settings()})
+            from .zoo import save_model
+
+            save_model(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
+                                    "history": history, "compute": runtime_settings()})
         if not dist_info.is_main:
             return
         log(f"iter {step}: loss {metrics['loss']:.4f}  val clean {100 * metrics['clean_accuracy']:.1f}%  "
@@ -370,6 +367,8 @@ def train(
             loss.backward()
             distributed.average_gradients_(model)
             optimizer.step()
+            if hasattr(model, "constrain_"):        # e.g. BayarCNN's constrained first layer
+                model.constrain_()
             distributed.average_buffers_(model)
             running.append(loss.detach())   # read (one sync, one all-reduce) only when logging is due
         scheduler.step()
@@ -382,6 +381,25 @@ def train(
     if step == start and not out.exists():
         checkpoint_now(step)
     return TrainResult(out, step, best, history, time.perf_counter() - t0)
+
+
+def _initial_model(config: TrainConfig) -> torch.nn.Module:
+    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
+    fine-tune; ``config`` takes its arch and widths."""
+    if config.init is None:
+        return build(config.arch, config.widths)
+    from .archs import CONFIG_NAMES
+    from .zoo import load_recapfast
+
+    model = load_recapfast(config.init, "cpu")
+    spec = model.config()
+    arch, widths = CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+    # The config's arch/widths follow the checkpoint unless they were set to something else explicitly
+    # (the arch's defaults mean "unset", as the CLI passes them when --init is given).
+    if tuple(config.widths) != widths and tuple(config.widths) != tuple(ARCHS[config.arch][1]):
+        raise DataError(f"--init {config.init}: widths {widths} differ from --widths {tuple(config.widths)}")
+    config.arch, config.widths = arch, widths
+    return model.train()
 
 
 def _plain(value):

@@ -1,11 +1,14 @@
 """Transferability: perturbations crafted on a source model, evaluated on target models.
 
-Per-image attacks (fgsm, llcm, bim, illc, pgd, mifgsm) are crafted on the source for every
-batch and eps and fed to every model (the source's own column is the white-box number).  The
-universal perturbation is the source's data-free UAP at each xi (``recapfast.uap``), added to
-every patch.  Per (perturbation, model) the matrix holds the accuracy, the success rate
+Per-image attacks (fgsm, llcm, bim, illc, pgd, mifgsm, apgd, square) are crafted on the source
+for every batch and eps and fed to every model (the source's own column is the white-box number).
+The universal perturbation is the source's data-free UAP at each xi (``recapfast.uap``; LaplacianCNN
+sources only), added to every patch.  Per (perturbation, model) the matrix holds the accuracy, the success rate
 (patches the model got right clean and wrong perturbed / patches it got right clean) and, for
 UAPs, the fooling rate (prediction changed / patches).
+
+:func:`cross_model_matrix` runs every model as the source in turn (Huang et al.'s transfer across
+models): per (attack, eps) a square table, rows = source, columns = target.
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from torch import nn
 
 from .attacks import eval_mode
 from .data import CLASS_NAMES, PatchDataset, discover, make_loader
-from .iterative import IterativeConfig, run_attack
+from .iterative import IterativeConfig
 
 
 @dataclass
@@ -95,8 +98,10 @@ def transfer_matrix(
     class_names: Sequence[str] = CLASS_NAMES,
     samples=None,
     progress: Callable[[int], None] | None = None,
+    extra=None,
 ) -> TransferResult:
     """Per-image and universal perturbations crafted on ``models[source]``, evaluated on every model."""
+    from .trust import run_any_attack
     from .uap import apply_uap, data_free_uap
 
     names = [source] + [t for t in targets if t != source]
@@ -107,6 +112,10 @@ def transfer_matrix(
     eps = [float(e) for e in eps]
     xi = [float(v) for v in xi]
     iterative = iterative or IterativeConfig()
+    if xi and not hasattr(src, "units"):
+        from .errors import UserError
+
+        raise UserError(f"--xi: the data-free UAP needs a LaplacianCNN source, {source} is not one (pass --xi '')")
     uaps = {v: data_free_uap(src, v, size=size, iterations=uap_iterations, seed=seed, model_name=source) for v in xi}
     samples = discover(root, class_names) if samples is None else samples
     loader = make_loader(PatchDataset(samples, size), batch_size, 0)
@@ -124,7 +133,7 @@ def transfer_matrix(
                 progress(len(batch.errors))
             continue
         total += x.shape[0]
-        perturbed = {(a, e): run_attack(src, x, y, e, a, True, iterative) for a in attacks for e in eps}
+        perturbed = {(a, e): run_any_attack(src, x, y, e, a, True, iterative, extra) for a in attacks for e in eps}
         perturbed.update({("uap", v): apply_uap(x, uaps[v].delta) for v in xi})
         for m in names:
             net = models[m]
@@ -148,4 +157,51 @@ def transfer_matrix(
                            "uap_iterations": uap_iterations}, time.perf_counter() - start)
 
 
-__all__ = ["TransferCell", "TransferResult", "transfer_matrix"]
+@dataclass
+class CrossModelResult:
+    """Every model as the source: ``blocks[source]`` is that source's :class:`TransferResult`."""
+
+    models: list[str]
+    blocks: dict
+
+    @property
+    def patches(self) -> int:
+        """Patches evaluated (every source's block reads the same files)."""
+        return min((b.patches for b in self.blocks.values()), default=0)
+
+    def to_dict(self) -> dict:
+        return {"models": self.models, "blocks": {k: v.to_dict() for k, v in self.blocks.items()}}
+
+    def to_json(self) -> str:
+        from .report import _jsonable
+
+        return json.dumps(_jsonable(self.to_dict()), indent=2)
+
+    def to_markdown(self) -> str:
+        from .report import _table, eps_label, pct
+
+        first = next(iter(self.blocks.values()))
+        keys = list(dict.fromkeys((c.perturbation, c.eps) for c in first.cells if c.perturbation != "uap"))
+        parts = [f"### Cross-model transfer matrix on {first.patches} patches", "",
+                 "Accuracy of each target (columns) under the perturbation crafted on each source (rows); the "
+                 "diagonal is white-box. Clean accuracy: " +
+                 ", ".join(f"`{m}` {pct(first.clean_accuracy[m])}" for m in self.models) + ".", ""]
+        for name, e in keys:
+            rows = [[f"`{src}`"] + [pct(self.blocks[src].cell(name, e, m).accuracy) for m in self.models]
+                    for src in self.models]
+            parts += [f"{name.upper()} eps={eps_label(e)}", "",
+                      _table(["source"] + [f"`{m}`" for m in self.models], rows), ""]
+        return "\n".join(parts)
+
+
+def cross_model_matrix(models: dict[str, nn.Module], root, attacks: Sequence[str] = ("fgsm", "bim"),
+                       eps: Sequence[float] = (2.0,), progress: Callable[[int], None] | None = None,
+                       **kwargs) -> CrossModelResult:
+    """:func:`transfer_matrix` with every model as the source (no UAPs), targets = all the others."""
+    names = list(models)
+    blocks = {src: transfer_matrix(models, root, src, [m for m in names if m != src], attacks, eps, xi=(),
+                                   progress=progress, **kwargs) for src in names}
+    return CrossModelResult(names, blocks)
+
+
+__all__ = ["TransferCell", "TransferResult", "transfer_matrix", "CrossModelResult", "cross_model_matrix"]

@@ -6,8 +6,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
+from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
                    app, parse_attacks, progress_bar, resolve_device, stderr_console)
+from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
+                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
 
 @app.command("attack")
@@ -15,11 +17,11 @@ def attack_command(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force/--resume; "
                                                           "its parent must exist).")],
-    attack: Annotated[str, typer.Option("--attack", help="fgsm, llcm, or an iterative attack: bim, illc, pgd, "
-                                                         "mifgsm.")] = "fgsm",
+    attack: Annotated[str, typer.Option("--attack", help="fgsm, llcm, an iterative attack: bim, illc, pgd, "
+                                                         "mifgsm, or apgd, square.")] = "fgsm",
     eps: Annotated[str, typer.Option("--eps", help="eps in grey levels.")] = "2",
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attacks: iterations (default "
-                                                 "Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attacks (bim/illc/pgd/mifgsm): "
+                                                 "iterations (default Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative attacks: step in grey "
                                                        "levels (default 1).")] = None,
     pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
@@ -27,7 +29,16 @@ def attack_command(
                                             "of the --size grid attacked in place), not a crop.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip the files its manifest.jsonl "
                                                           "already holds.")] = False,
-    model: ModelOpt = "baseline",
+    apgd_steps: ApgdStepsOpt = 100,
+    apgd_restarts: ApgdRestartsOpt = 1,
+    square_queries: SquareQueriesOpt = 1000,
+    square_restarts: SquareRestartsOpt = 1,
+    attack_seed: AttackSeedOpt = 0,
+    model: AnyModelOpt = "baseline",
+    weights: WeightsOpt = None,
+    input_range: InputRangeOpt = "255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     size: SizeOpt = 64,
     tile: TileOpt = False,
     device: DeviceOpt = "auto",
@@ -38,13 +49,14 @@ def attack_command(
 ) -> None:
     """Make adversarial images; evaluating OUT clean reproduces `eval`'s number for this attack and eps."""
     from ..attacks import ATTACKS
-    from ..checkpoint import load_model
     from ..data import discover
     from ..export import export_adversarial
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from ..trust import EXTRA_ATTACKS
     from ..validate import ArgumentError, check_step_size, output_dir, parse_eps
+    from ._models import load_cli_model, trust_config
 
-    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
+    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     eps_values = parse_eps(eps, "--eps", True, attacks)
     if len(attacks) != 1 or len(eps_values) != 1:
         raise ArgumentError("--attack/--eps: attack writes one attack at one eps per run")
@@ -57,12 +69,14 @@ def attack_command(
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise ArgumentError(f"--out {out}: is inside the input folder {data}")
     console = stderr_console(quiet)
-    net = load_model(model, resolve_device(device))
+    net = load_cli_model(model, resolve_device(device), weights, input_range, mean, std)
+    extra = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed)
     total = sum(1 for _ in discover(data, labelled=any((data / c).is_dir() for c in ("original", "recaptured"))))
     bar, advance = progress_bar(console, total, f"{attacks[0]} eps {eps_values[0]:g}")
     with bar:
         result = export_adversarial(net, data, out, attacks[0], eps_values[0], size=size, tile=tile,
                                     batch_size=batch_size, workers=workers, model_name=model, progress=advance,
+                                    extra=extra,
                                     on_error=None if quiet else (lambda p, r: console.print(
                                         f"skipped {p}: {r}", markup=False, highlight=False)),
                                     full_size=full_size, resume=resume, force=force,

@@ -1,4 +1,5 @@
-"""recapfast eval DIR: clean accuracy and accuracy under FGSM/LLCM/iterative attacks at each eps, and a UAP."""
+"""recapfast eval DIR: clean accuracy and accuracy under FGSM/LLCM/iterative/APGD/Square attacks at each eps, the
+worst case over attacks, detection metrics, gradient-masking checks, JPEG survival, and a UAP."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,23 +7,31 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, ModelOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
-                   WorkersOpt, app, check_new_file, parse_attacks, progress_bar, resolve_device, stderr_console,
+from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
+                   WorkersOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
                    write_text_atomic)
+from ._models import (ATTACK_HELP, AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
+                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
 
 @app.command("eval")
 def eval_command(
     data: ExistingDir,
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps in grey levels.")] = "1,2,3,4,5",
-    attack: Annotated[str, typer.Option("--attack", help="Comma-separated attacks: fgsm, llcm (one shared gradient "
-                                        "for all eps), bim, illc, pgd, mifgsm (iterative, run per eps).")
+    attack: Annotated[str, typer.Option("--attack", help="Comma-separated attacks: " + ATTACK_HELP + ".")
     ] = "fgsm,llcm",
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterations of the iterative attacks "
                                                  "(default: Kurakin's floor(min(eps+4, 1.25 eps)) per eps).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Step of the iterative attacks "
                                                        "in grey levels (default 1).")] = None,
     pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    apgd_steps: ApgdStepsOpt = 100,
+    apgd_restarts: ApgdRestartsOpt = 1,
+    square_queries: SquareQueriesOpt = 1000,
+    square_restarts: SquareRestartsOpt = 1,
+    attack_seed: AttackSeedOpt = 0,
+    jpeg: Annotated[Optional[str], typer.Option("--jpeg", help="Also evaluate every image after a JPEG round trip at "
+                                                "these qualities, e.g. 75,90 (Pillow).")] = None,
     uap: Annotated[Optional[Path], typer.Option("--uap", exists=True, dir_okay=False, readable=True,
                                                 help="Also add this universal perturbation PNG (from `recapfast uap`) "
                                                      "to every patch: fooling rate and accuracy.")] = None,
@@ -31,7 +40,11 @@ def eval_command(
                                                     "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
     metrics: Annotated[str, typer.Option("--metrics", help="Perturbation metrics per attack and eps: full "
                                          "(L-inf, L2, PSNR, SSIM), fast (no SSIM), none (accuracy only).")] = "full",
-    model: ModelOpt = "baseline",
+    model: AnyModelOpt = "baseline",
+    weights: WeightsOpt = None,
+    input_range: InputRangeOpt = "255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the markdown tables here.")] = None,
@@ -46,20 +59,21 @@ def eval_command(
 ) -> None:
     """Evaluate a detector on a labelled folder, clean and under attack (the paper's Tables 1-3)."""
     from ..attacks import ATTACKS
-    from ..checkpoint import load_model
     from ..data import DataError, discover
     from ..evaluate import evaluate_folder
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
     from ..lock import lock_outputs
-    from ..validate import check_step_size, output_dir, parse_eps
-
     from ..metrics import METRIC_LEVELS
+    from ..trust import EXTRA_ATTACKS
+    from ..validate import check_step_size, output_dir, parse_eps
+    from ._models import load_cli_model, parse_attack_names, trust_config
 
     if metrics not in METRIC_LEVELS:
         raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
-    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
+    attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     eps_values = parse_eps(eps, "--eps", quantize, attacks)
     step_size = check_step_size(step_size, quantize)
+    trust = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed, jpeg)
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:
@@ -76,7 +90,8 @@ def eval_command(
     quiet = quiet or not dist_info.is_main
     console = stderr_console(quiet)
     with lock_outputs(json_out, csv_out, md_out, heatmap):
-        net = load_model(model, distributed.rank_device(resolve_device(device), dist_info))
+        net = load_cli_model(model, distributed.rank_device(resolve_device(device), dist_info), weights, input_range,
+                             mean, std)
         samples = discover(data)
         bar, advance = progress_bar(console, len(samples), f"eval {model}")
         on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))
@@ -84,7 +99,7 @@ def eval_command(
             result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
                                      workers=workers, quantize=quantize, model_name=model, progress=advance,
                                      on_error=None if quiet else on_error, samples=samples, iterative=iterative,
-                                     uap=universal, metrics=metrics)
+                                     uap=universal, metrics=metrics, trust=trust)
         distributed.shutdown()
         if result.files == 0:
             first = f" (first: {result.errors[0]['path']}: {result.errors[0]['error']})" if result.errors else ""

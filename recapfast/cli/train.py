@@ -30,7 +30,10 @@ def train_command(
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
-    widths: Annotated[str, typer.Option("--widths", help="Five comma-separated conv widths.")] = "8,16,32,64,128",
+    arch: Annotated[str, typer.Option("--arch", help="laplacian (Yang's LaplacianCNN), bayar (Bayar & Stamm's "
+                                                     "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
+    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
+                                                                   "laplacian 8,16,32,64,128).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
                                                 "or .safetensors), e.g. --robust --init baseline.")] = None,
@@ -40,14 +43,28 @@ def train_command(
     seed: SeedOpt = 0,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train LaplacianCNN; keeps the best checkpoint by validation (clean + FGSM eps 2 accuracy)."""
+    """Train a detector (LaplacianCNN, or --arch); keeps the best checkpoint by validation (clean + FGSM eps 2)."""
+    from ..archs import ARCHS, build
     from ..lock import lock_outputs
     from ..train import TrainConfig, train
     from ..validate import ArgumentError, check_widths, number, output_file
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
-    width_values = check_widths(widths)
+    if arch not in ARCHS:
+        raise ArgumentError(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
+    if init is not None and widths is not None:
+        raise ArgumentError("--init takes the checkpoint's widths; drop --widths")
+    if widths is None:
+        width_values = tuple(ARCHS[arch][1])
+    elif arch == "laplacian":
+        width_values = check_widths(widths)
+    else:
+        try:
+            width_values = tuple(int(w) for w in widths.split(","))
+            build(arch, width_values)
+        except ValueError as err:
+            raise ArgumentError(f"--widths {widths!r}: {err}") from None
     for value, option, lo, lo_open in ((lr, "--lr", 0.0, True), (lr_decay, "--lr-decay", 0.0, True),
                                        (penalty, "--penalty", 0.0, False), (adv_weight, "--adv-weight", 0.0, False)):
         number(value, option, lo, lo_open=lo_open)
@@ -60,7 +77,8 @@ def train_command(
     quiet = quiet or not dist_info.is_main
     config = TrainConfig(iters=iters, batch_size=batch_size, lr=lr, lr_decay=lr_decay, lr_step=lr_step,
                          robust=robust, penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
-                         val_every=val_every, size=size, seed=seed, widths=width_values, init=init)
+                         val_every=val_every, size=size, seed=seed, widths=width_values, arch=arch,
+                         init=init)
     console = stderr_console(quiet)
     bar, advance = progress_bar(console, iters, "train robust" if robust else "train baseline")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))

@@ -1,4 +1,5 @@
-"""recapfast transfer DIR --source A --target B[,C...]: attacks crafted on A, evaluated on every model."""
+"""recapfast transfer DIR --source A --target B[,C...]: attacks crafted on A, evaluated on every model
+(--cross: every model as the source in turn, the cross-model matrix)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,7 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SeedOpt, SizeOpt, app, check_new_file,
-                   parse_attacks, progress_bar, resolve_device, stderr_console, write_text_atomic)
+                   progress_bar, resolve_device, stderr_console, write_text_atomic)
+from ._models import (ATTACK_HELP, ApgdRestartsOpt, ApgdStepsOpt, InputRangeOpt, MeanOpt, SquareQueriesOpt,
+                      SquareRestartsOpt, StdOpt)
 
 
 @app.command("transfer")
@@ -15,11 +18,21 @@ def transfer_command(
     data: ExistingDir,
     source: Annotated[str, typer.Option("--source", help="Model the perturbations are crafted on (name or path).")],
     target: Annotated[str, typer.Option("--target", help="Comma-separated models they are evaluated on.")],
-    attack: Annotated[str, typer.Option("--attack", help="Per-image attacks: fgsm, llcm, bim, illc, pgd, mifgsm.")]
+    attack: Annotated[str, typer.Option("--attack", help="Per-image attacks: " + ATTACK_HELP + ".")]
     = "fgsm,bim",
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps in grey levels.")] = "2,5",
-    xi: Annotated[str, typer.Option("--xi", help="Comma-separated xi of the source's data-free UAPs "
-                                                  "('' for none).")] = "5",
+    xi: Annotated[Optional[str], typer.Option("--xi", help="Comma-separated xi of the source's data-free UAPs "
+                                                            "('' for none; default 5 for a LaplacianCNN source, "
+                                                            "none otherwise and with --cross).")] = None,
+    cross: Annotated[bool, typer.Option("--cross", help="Every model (source and targets) as the source in turn: "
+                                                        "the cross-model matrix (no UAPs).")] = False,
+    apgd_steps: ApgdStepsOpt = 100,
+    apgd_restarts: ApgdRestartsOpt = 1,
+    square_queries: SquareQueriesOpt = 1000,
+    square_restarts: SquareRestartsOpt = 1,
+    input_range: InputRangeOpt = "255",
+    mean: MeanOpt = None,
+    std: StdOpt = None,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
@@ -35,33 +48,51 @@ def transfer_command(
 ) -> None:
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
     from ..attacks import ATTACKS
-    from ..checkpoint import load_model
     from ..data import DataError, discover
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from ..transfer import transfer_matrix
+    from ..transfer import cross_model_matrix, transfer_matrix
+    from ..trust import EXTRA_ATTACKS
+    from ..zoo import kind_of
+    from ._models import convention, parse_attack_names, trust_config
 
     from ..lock import lock_outputs
     from ..validate import check_step_size, parse_eps, parse_xi
 
-    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS)
+    attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     eps_values = parse_eps(eps, "--eps", True, attacks)
-    xi_values = parse_xi(xi, "--xi", allow_empty=True)
+    xi_values = [] if xi is None else parse_xi(xi, "--xi", allow_empty=True)
     step_size = check_step_size(step_size, True)
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
     for path, option in ((json_out, "--json"), (md_out, "--md")):
         check_new_file(path, force, option)
+    if cross and xi_values:
+        raise typer.BadParameter("--cross makes no UAPs; drop --xi", param_hint="--xi")
     console = stderr_console(quiet)
     dev = resolve_device(device)
+    from ..zoo import load_detector
+
+    conv = convention(input_range, mean, std)
+    names = list(dict.fromkeys([source] + targets))
     with lock_outputs(json_out, md_out):
-        models = {name: load_model(name, dev) for name in dict.fromkeys([source] + targets)}
+        # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
+        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv)
+                  for name in names}
+        if xi is None and not cross and hasattr(models[source], "units"):
+            xi_values = [5.0]
         samples = discover(data)
-        bar, advance = progress_bar(console, len(samples), f"transfer from {source}")
+        common = dict(size=size, batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
+                      seed=seed, samples=samples,
+                      extra=trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, seed))
+        bar, advance = progress_bar(console, len(samples) * (len(names) if cross else 1),
+                                    "cross-model transfer" if cross else f"transfer from {source}")
         with bar:
-            result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values, size=size,
-                                     batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
-                                     uap_iterations=uap_iters, seed=seed, samples=samples, progress=advance)
+            if cross:
+                result = cross_model_matrix(models, data, attacks, eps_values, progress=advance, **common)
+            else:
+                result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values,
+                                         uap_iterations=uap_iters, progress=advance, **common)
         if result.patches == 0:
             raise DataError(f"{data}: no file could be used (every file was skipped)")
         if json_out is not None:
