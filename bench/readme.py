@@ -5,7 +5,7 @@
 
 The section sits between the markers ``<!-- bench:begin -->`` and ``<!-- bench:end -->``; a test
 (tests/test_bench.py) fails when the README's section differs from what this prints for the newest
-results file. Without RESULTS: the newest results file under bench/results (kernels-*.json excluded).
+results file. Without RESULTS: the newest results file under bench/results (kernels-*.json and ablation-*.json excluded).
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
 def latest() -> Path:
-    files = [p for p in RESULTS.glob("*.json") if not p.name.startswith("kernels-")]
+    files = [p for p in RESULTS.glob("*.json") if not p.name.startswith(("kernels-", "ablation-"))]
     if not files:
         raise SystemExit("bench.readme: no results under bench/results; run `python -m bench --quick` first")
     return max(files, key=lambda p: (json.loads(p.read_text())["meta"]["date"], p.name))

@@ -154,7 +154,7 @@ class Evaluator:
         if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
             trust = TrustConfig(detection=False, gradients=False)
         self.trust = None if trust is None else \
-            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust, metrics)
+            TrustAccumulator(model, self.attacks, self.eps, quantize, num_classes, device, trust)
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if x.shape[0] == 0:
@@ -164,16 +164,16 @@ class Evaluator:
         y = y.to(self.device, non_blocking=True)
         single = [a for a in self.attacks if a in ATTACKS]
         iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
-        images = self.trust is not None and self.trust.needs_images      # detection scores, JPEG survival
+        keep = self.trust is not None      # the trust checks (JPEG, extra logits) read the adversarial images
         res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
-                    return_images=images)
+                    return_images=keep)
         if iterative:
             more = sweep_iterative(self.model, x, y, self.eps, iterative, self.quantize, self.iterative,
-                                   clean_logits=res.clean_logits, metrics=self.metrics, return_images=images)
+                                   clean_logits=res.clean_logits, metrics=self.metrics, return_images=keep)
             for part in ("predictions", "linf", "l2", "mse", "ssim", "images"):
                 getattr(res, part).update(getattr(more, part))
         if self.trust is not None:
-            self.trust.update(x, y, res)
+            self.trust.update(x, y, res, self.metrics)
         onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
         self.per_class += onehot.sum(0)
         clean_ok = res.clean_predictions == y

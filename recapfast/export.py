@@ -1,7 +1,7 @@
 """Write adversarial images of a folder as uint8 PNGs that mirror its tree, plus a manifest.
 
-Attacks: fgsm and llcm (``recapfast.sweep``), the iterative bim, illc, pgd and mifgsm
-(``recapfast.iterative``), apgd and square (``recapfast.trust``).  What is written: the center crop of each file (default), every
+Attacks: fgsm and llcm (``recapfast.sweep``) and the iterative bim, illc, pgd and mifgsm
+(``recapfast.iterative``).  What is written: the center crop of each file (default), every
 tile (``tile``: one PNG per tile), or the whole image (``full_size``: every tile of the grid is
 attacked and put back in place, pixels right of / below the last full tile are kept), so
 ``eval --tile`` on a full-size output sees exactly the attacked tiles.
@@ -31,10 +31,10 @@ from .data import CLASS_NAMES, UNLABELLED, DataError, DecodeError, PatchDataset,
     to_patches
 from .iterative import ITERATIVE_ATTACKS, IterativeConfig, sweep_iterative
 from .lock import lock_outputs
+from .trust import EXTRA_ATTACKS
 
 LOG_NAME, MANIFEST_NAME = "manifest.jsonl", "manifest.json"
-NEEDS_LABELS = ("fgsm", "bim", "pgd", "mifgsm", "apgd", "square")
-EXTRA_ATTACKS = ("apgd", "square")      # recapfast.trust
+NEEDS_LABELS = ("fgsm", "bim", "pgd", "mifgsm") + EXTRA_ATTACKS
 
 
 @dataclass
@@ -100,7 +100,7 @@ def read_log(path: Path) -> tuple[dict | None, list[dict]]:
 
 def _attack_batch(model, x, y, attack, eps, iterative, extra=None):
     """(adversarial uint8 [N, 3, H, W], clean predictions, adversarial predictions) for one batch."""
-    if attack in EXTRA_ATTACKS:
+    if attack in EXTRA_ATTACKS:         # apgd, square (recapfast.trust; ``extra``: its TrustConfig)
         from .trust import attack_batch
 
         adv, preds, clean = attack_batch(model, x, y, eps, attack, iterative, extra)
@@ -149,14 +149,15 @@ def export_adversarial(
     iterative = iterative or IterativeConfig()
     settings = {"attack": attack, "eps": float(eps), "model": model_name, "size": size, "tile": tile,
                 "full_size": full_size, "source": str(root), "quantized": True,
-                "iterative": None if attack in ATTACKS + EXTRA_ATTACKS else
+                "iterative": None if attack not in ITERATIVE_ATTACKS else
                 {"steps": iterative.steps, "step_size": iterative.step_size, "seed": iterative.seed}}
     if attack in EXTRA_ATTACKS:
         from dataclasses import asdict
 
         from .trust import TrustConfig
 
-        settings[attack] = asdict(getattr(extra or TrustConfig(), attack))
+        # as JSON reads it back (tuples as lists), so that --resume compares like with like
+        settings["attack_settings"] = json.loads(json.dumps(asdict(getattr(extra or TrustConfig(), attack))))
     samples = discover(root, class_names, labelled=labelled)
     with lock_outputs(out):
         log_path = _prepare(out, settings, resume, force)

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from . import atomic
 from .attacks import eval_mode, input_gradients
-from .archs import ARCHS, build
 from .runtime import settings as runtime_settings
+from .archs import ARCHS, build
 from .data import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
 from . import distributed
 from .evaluate import Evaluator
@@ -384,8 +384,8 @@ def train(
 
 
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
-    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) that
-    checkpoint's model, which must have ``config.arch`` and ``config.widths``."""
+    """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
+    fine-tune; ``config`` takes its arch and widths."""
     if config.init is None:
         return build(config.arch, config.widths)
     from .archs import CONFIG_NAMES
@@ -394,9 +394,11 @@ def _initial_model(config: TrainConfig) -> torch.nn.Module:
     model = load_recapfast(config.init, "cpu")
     spec = model.config()
     arch, widths = CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
-    if (arch, widths) != (config.arch, tuple(config.widths)):
-        raise DataError(f"--init {config.init}: {arch} widths {widths} differ from --arch {config.arch} "
-                        f"--widths {tuple(config.widths)}")
+    # The config's arch/widths follow the checkpoint unless they were set to something else explicitly
+    # (the arch's defaults mean "unset", as the CLI passes them when --init is given).
+    if tuple(config.widths) != widths and tuple(config.widths) != tuple(ARCHS[config.arch][1]):
+        raise DataError(f"--init {config.init}: widths {widths} differ from --widths {tuple(config.widths)}")
+    config.arch, config.widths = arch, widths
     return model.train()
 
 

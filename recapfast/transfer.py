@@ -164,6 +164,11 @@ class CrossModelResult:
     models: list[str]
     blocks: dict
 
+    @property
+    def patches(self) -> int:
+        """Patches evaluated (every source's block reads the same files)."""
+        return min((b.patches for b in self.blocks.values()), default=0)
+
     def to_dict(self) -> dict:
         return {"models": self.models, "blocks": {k: v.to_dict() for k, v in self.blocks.items()}}
 

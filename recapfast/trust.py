@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from .apgd import APGDConfig, apgd_attack
-from .attacks import SweepResult, _forward_chunks, eval_mode, perturbation_stats
+from .attacks import SweepResult, _forward_chunks, eval_mode
 from .detection import ScoreStore, recaptured_log_odds, summary
 from .masking import BLACK_BOX, TARGETED, MaskingThresholds, masking_checks
 from .square import SquareConfig, square_attack
@@ -68,10 +68,12 @@ def run_extra_attack(model, x, y, eps: float, attack: str, quantize: bool = True
 
 def sweep_extra(model, x, y, eps: Sequence[float], attacks: Sequence[str], quantize: bool = True,
                 config: TrustConfig | None = None, max_forward_batch: int = 1024,
-                metrics: str = "fast") -> tuple[SweepResult, dict]:
-    """(SweepResult without clean logits, {attack: logits [E, B, C]}) of apgd/square, one run per eps; images are
-    uint8 [E, B, 3, H, W] when quantized, perturbation metrics as ``recapfast.sweep``'s ``metrics`` level."""
-    x = x.detach()
+                metrics: str = "full") -> tuple[SweepResult, dict]:
+    """(SweepResult without clean logits, {attack: logits [E, B, C]}) of apgd/square, one run per eps;
+    ``metrics``: the perturbation metrics computed (recapfast.metrics.perturbation_stats)."""
+    from .metrics import perturbation_stats
+
+    xf = x.detach().to(torch.float32)
     n_eps, batch = len(eps), x.shape[0]
     predictions, linf, l2, mse, images, ssim, logits_out = {}, {}, {}, {}, {}, {}, {}
     for name in attacks:
@@ -81,12 +83,11 @@ def sweep_extra(model, x, y, eps: Sequence[float], attacks: Sequence[str], quant
         logits_out[name] = logits
         predictions[name] = logits.argmax(dim=-1)
         if quantize:
-            adv = adv.to(torch.uint8)                  # on the grid already: exact
+            adv = adv.to(torch.uint8)                 # on the grid already: exact
         stats = perturbation_stats(x, adv, metrics)
         linf[name], l2[name], mse[name], ssim[name] = stats["linf"], stats["l2"], stats["mse"], stats["ssim"]
         images[name] = adv
-    return SweepResult(list(eps), x.new_empty((0, 2), dtype=torch.float32), predictions, linf, l2, mse, images,
-                       ssim), logits_out
+    return SweepResult(list(eps), xf.new_empty((0, 2)), predictions, linf, l2, mse, images, ssim), logits_out
 
 
 def gradient_health(model, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,10 +105,9 @@ class TrustAccumulator:
     """Counters and scores of one evaluation; see the module docstring."""
 
     def __init__(self, model, attacks: Sequence[str], eps: Sequence[float], quantize: bool, num_classes: int,
-                 device, config: TrustConfig | None = None, metrics: str = "fast"):
+                 device, config: TrustConfig | None = None):
         self.model, self.attacks, self.eps, self.quantize = model, list(attacks), list(eps), quantize
         self.config = config or TrustConfig()
-        self.metrics = metrics
         self.num_classes = num_classes
         self.keys = [("clean", 0.0)] + [(a, e) for a in self.attacks for e in self.eps]
         k, e, c, q = len(self.keys), len(self.eps), num_classes, len(self.config.jpeg)
@@ -127,17 +127,12 @@ class TrustAccumulator:
     def extra_attacks(self) -> list[str]:
         return [a for a in self.attacks if a in EXTRA_ATTACKS]
 
-    @property
-    def needs_images(self) -> bool:
-        """Whether the other sweeps must return their adversarial images (detection scores, JPEG survival)."""
-        return bool(self.config.jpeg) or (self.config.detection and len(self.extra_attacks) < len(self.attacks))
-
-    def update(self, x: torch.Tensor, y: torch.Tensor, res: SweepResult) -> None:
+    def update(self, x: torch.Tensor, y: torch.Tensor, res: SweepResult, metrics: str = "full") -> None:
         """Run apgd/square into ``res`` (before the Evaluator counts it), then accumulate."""
         logits = {}
         if self.extra_attacks:
             more, logits = sweep_extra(self.model, x, y, self.eps, self.extra_attacks, self.quantize, self.config,
-                                       metrics=self.metrics)
+                                       metrics=metrics)
             for part in ("predictions", "linf", "l2", "mse", "ssim", "images"):
                 getattr(res, part).update(getattr(more, part))
         preds = torch.stack([res.clean_predictions] + [res.predictions[a][j] for a in self.attacks
@@ -224,11 +219,10 @@ class TrustAccumulator:
                 {"eps": e, "correct": sum(worst[j]), "accuracy": ratio(sum(worst[j]), patches),
                  "accuracy_per_class": [ratio(c, n) for c, n in zip(worst[j], result.patches_per_class)]}
                 for j, e in enumerate(self.eps)]}
-        if self.config.detection:
+        if self.config.detection and patches:      # no patch (every file skipped): no scores to rank
             labels, scores = self._gathered if self._gathered is not None else self.scores.read()
             confusion = self.confusion.cpu().tolist()
-            cells = [dict(attack=a, eps=e, **summary(scores[i] if i < len(scores) else scores[:0].ravel(), labels,
-                                                     confusion[i]))
+            cells = [dict(attack=a, eps=e, **summary(scores[i], labels, confusion[i]))
                      for i, (a, e) in enumerate(self.keys)]
             result.detection = {"score": "log-odds of p(recaptured)", "positive_class": result.class_names[1]
                                 if len(result.class_names) > 1 else 1, "clean": cells[0], "cells": cells[1:]}

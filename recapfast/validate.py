@@ -27,7 +27,7 @@ from .errors import UserError
 MAX_EPS = 255.0
 MAX_XI = 127.0
 MAX_WIDTH = 4096
-ITERATIVE = ("bim", "illc", "pgd", "mifgsm", "apgd", "square")   # attacks in the integer box
+ITERATIVE = ("bim", "illc", "pgd", "mifgsm", "apgd", "square")   # attacks on the integer box [ceil(x-eps), floor(x+eps)]
 
 
 class ArgumentError(UserError):

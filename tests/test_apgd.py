@@ -47,7 +47,8 @@ def test_checkpoint_schedule_is_croce_and_heins():
     assert checkpoint_windows(10) == [2, 1, 1, 1, 1, 1, 1, 1, 1] and checkpoint_windows(1) == [1]
 
 
-@pytest.mark.parametrize("eps,steps,restarts", [(1, 10, 1), (2, 12, 2), (3, 20, 1)])
+# (2, 20, 1), not (3, 20, 1): main's robust model (retrained on generator v3 data) is fooled on every patch at eps 3
+@pytest.mark.parametrize("eps,steps,restarts", [(1, 10, 1), (2, 12, 2), (2, 20, 1)])
 def test_float_mode_equals_torchattacks_apgd(robust_batch, eps, steps, restarts):
     from recapfast.apgd import _single_run, _start
     from recapfast.iterative import _box

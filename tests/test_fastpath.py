@@ -137,12 +137,16 @@ def _bundled(name: str) -> rf.LaplacianCNN:
     return rf.load_model(name).eval()
 
 
-def _saturated_model() -> rf.LaplacianCNN:
-    """The bundled baseline with its classifier scaled up: confident patches have |logit gap| > 30."""
+def _saturated_model(x: torch.Tensor) -> rf.LaplacianCNN:
+    """The bundled baseline with its classifier scaled so the median |logit gap| on ``x`` is 36: confident
+    patches are past |gap| > 30, where p_true - 1 rounds to 0 in float32, but p_other (~e^-gap) stays a normal
+    float (gaps beyond ~87 make the reference's own cotangent denormal, where no two implementations agree)."""
     model = _bundled("baseline")
     with torch.no_grad():
-        model.fc.weight.mul_(40.0)
-        model.fc.bias.mul_(40.0)
+        logits = model(x.float())
+        scale = 36.0 / float((logits[:, 0] - logits[:, 1]).abs().median())
+        model.fc.weight.mul_(scale)
+        model.fc.bias.mul_(scale)
     return model
 
 
@@ -160,8 +164,9 @@ def _inputs(kind: str, synth_dir) -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.mark.parametrize("model_name", ["baseline", "robust", "saturated", "small"])
 @pytest.mark.parametrize("kind", ["random", "synth"])
 def test_folded_logits_and_one_backward_match_reference(op_backend, model_name, kind, synth_dir):
-    model = {"saturated": _saturated_model, "small": make_model}.get(model_name, lambda: _bundled(model_name))()
     x, y = _inputs(kind, synth_dir)
+    model = {"saturated": lambda: _saturated_model(x), "small": make_model}.get(model_name,
+                                                                               lambda: _bundled(model_name))()
     assert fastpath.supports(model)
     with torch.inference_mode():
         ref_logits = model(x.float())
@@ -171,7 +176,7 @@ def test_folded_logits_and_one_backward_match_reference(op_backend, model_name, 
     assert torch.equal(logits.argmax(1), ref_logits.argmax(1))
     if model_name == "saturated":
         gap = (ref_logits[:, 0] - ref_logits[:, 1]).abs()
-        assert (gap > 30).float().mean() > 0.5                       # the regime where p_true - 1 rounds to 0
+        assert (gap > 30).float().mean() >= 0.5                      # the regime where p_true - 1 rounds to 0
 
     fast_logits, fast = input_gradients(model, x, y, ("fgsm", "llcm"))
     ref_logits2, ref = autograd_input_gradients(model, x, y, ("fgsm", "llcm"))

@@ -18,10 +18,10 @@ def attack_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force/--resume; "
                                                           "its parent must exist).")],
     attack: Annotated[str, typer.Option("--attack", help="fgsm, llcm, an iterative attack: bim, illc, pgd, "
-                                                         "mifgsm, apgd, or square (black-box).")] = "fgsm",
+                                                         "mifgsm, or apgd, square.")] = "fgsm",
     eps: Annotated[str, typer.Option("--eps", help="eps in grey levels.")] = "2",
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attacks: iterations (default "
-                                                 "Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attacks (bim/illc/pgd/mifgsm): "
+                                                 "iterations (default Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative attacks: step in grey "
                                                        "levels (default 1).")] = None,
     pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
@@ -76,11 +76,11 @@ def attack_command(
     with bar:
         result = export_adversarial(net, data, out, attacks[0], eps_values[0], size=size, tile=tile,
                                     batch_size=batch_size, workers=workers, model_name=model, progress=advance,
+                                    extra=extra,
                                     on_error=None if quiet else (lambda p, r: console.print(
                                         f"skipped {p}: {r}", markup=False, highlight=False)),
                                     full_size=full_size, resume=resume, force=force,
-                                    iterative=IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed),
-                                    extra=extra)
+                                    iterative=IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed))
     acc = "" if result.labelled == 0 else f"; adversarial accuracy {100 * result.accuracy:.1f}%"
     kept = f", {result.skipped} already done" if result.skipped else ""
     typer.echo(f"{attacks[0].upper()} eps {eps_values[0]:g}: wrote {result.patches} PNGs for {result.files} files "

@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
-                   WorkersOpt, app, check_new_file, progress_bar, resolve_device, stderr_console, write_text_atomic)
+                   WorkersOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
+                   write_text_atomic)
 from ._models import (ATTACK_HELP, AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
                       SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
 
@@ -62,18 +63,17 @@ def eval_command(
     from ..evaluate import evaluate_folder
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
     from ..lock import lock_outputs
+    from ..metrics import METRIC_LEVELS
     from ..trust import EXTRA_ATTACKS
     from ..validate import check_step_size, output_dir, parse_eps
     from ._models import load_cli_model, parse_attack_names, trust_config
 
-    from ..metrics import METRIC_LEVELS
-
     if metrics not in METRIC_LEVELS:
         raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
     attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    trust = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed, jpeg)
     eps_values = parse_eps(eps, "--eps", quantize, attacks)
     step_size = check_step_size(step_size, quantize)
+    trust = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed, jpeg)
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:

@@ -59,7 +59,8 @@ def reproduce_command(
     from ..reproduce import ReproduceConfig, reproduce
     from ..validate import number, output_dir
 
-    number(lr, "--lr", 0.0, lo_open=True)
+    if lr is not None:                          # None: the protocol's learning rate (below)
+        number(lr, "--lr", 0.0, lo_open=True)
     number(penalty, "--penalty", 0.0)
     output_dir(out, "OUT", force=True)         # created if missing; its parent must exist (reproduce resumes OUT)
 

@@ -30,12 +30,10 @@ def train_command(
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
-    arch: Annotated[Optional[str], typer.Option("--arch", help="laplacian (Yang's LaplacianCNN, the default), bayar "
-                                                               "(Bayar & Stamm's constrained CNN), meso4 (MesoNet-4); "
-                                                               "with --init: the checkpoint's.")] = None,
-    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's, "
-                                                                   "laplacian 8,16,32,64,128; with --init: the "
-                                                                   "checkpoint's).")] = None,
+    arch: Annotated[str, typer.Option("--arch", help="laplacian (Yang's LaplacianCNN), bayar (Bayar & Stamm's "
+                                                     "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
+    widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
+                                                                   "laplacian 8,16,32,64,128).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
                                                 "or .safetensors), e.g. --robust --init baseline.")] = None,
@@ -53,24 +51,20 @@ def train_command(
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
-    if init is not None and (arch is None or widths is None):     # default to the checkpoint's architecture
-        from ..archs import CONFIG_NAMES
-        from ..zoo import load_recapfast
-
-        spec = load_recapfast(init).config()
-        arch = arch or CONFIG_NAMES[spec["arch"]]
-        widths = widths or ",".join(map(str, spec["widths"]))
-    arch = arch or "laplacian"
     if arch not in ARCHS:
         raise ArgumentError(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
-    if arch == "laplacian":
-        width_values = check_widths(widths if widths is not None else ",".join(map(str, ARCHS[arch][1])))
+    if init is not None and widths is not None:
+        raise ArgumentError("--init takes the checkpoint's widths; drop --widths")
+    if widths is None:
+        width_values = tuple(ARCHS[arch][1])
+    elif arch == "laplacian":
+        width_values = check_widths(widths)
     else:
         try:
-            width_values = ARCHS[arch][1] if widths is None else tuple(int(w) for w in widths.split(","))
+            width_values = tuple(int(w) for w in widths.split(","))
             build(arch, width_values)
         except ValueError as err:
-            raise ArgumentError(f"--widths {widths!r}: {err}") from err
+            raise ArgumentError(f"--widths {widths!r}: {err}") from None
     for value, option, lo, lo_open in ((lr, "--lr", 0.0, True), (lr_decay, "--lr-decay", 0.0, True),
                                        (penalty, "--penalty", 0.0, False), (adv_weight, "--adv-weight", 0.0, False)):
         number(value, option, lo, lo_open=lo_open)

@@ -50,31 +50,35 @@ def transfer_command(
     from ..attacks import ATTACKS
     from ..data import DataError, discover
     from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from ..lock import lock_outputs
     from ..transfer import cross_model_matrix, transfer_matrix
     from ..trust import EXTRA_ATTACKS
-    from ..validate import ArgumentError, check_step_size, parse_eps, parse_xi
-    from ..zoo import kind_of, load_detector
+    from ..zoo import kind_of
     from ._models import convention, parse_attack_names, trust_config
+
+    from ..lock import lock_outputs
+    from ..validate import check_step_size, parse_eps, parse_xi
 
     attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     eps_values = parse_eps(eps, "--eps", True, attacks)
-    xi_values = parse_xi(xi, "--xi", allow_empty=True) if xi is not None else []
-    if cross and xi_values:
-        raise ArgumentError("--xi: --cross makes no UAPs; drop --xi")
+    xi_values = [] if xi is None else parse_xi(xi, "--xi", allow_empty=True)
     step_size = check_step_size(step_size, True)
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
     for path, option in ((json_out, "--json"), (md_out, "--md")):
         check_new_file(path, force, option)
+    if cross and xi_values:
+        raise typer.BadParameter("--cross makes no UAPs; drop --xi", param_hint="--xi")
     console = stderr_console(quiet)
     dev = resolve_device(device)
+    from ..zoo import load_detector
+
+    conv = convention(input_range, mean, std)
+    names = list(dict.fromkeys([source] + targets))
     with lock_outputs(json_out, md_out):
-        conv = convention(input_range, mean, std)
-        names = list(dict.fromkeys([source] + targets))
         # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
-        models = {n: load_detector(n, dev, None, None if kind_of(n) == "checkpoint" else conv) for n in names}
+        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv)
+                  for name in names}
         if xi is None and not cross and hasattr(models[source], "units"):
             xi_values = [5.0]
         samples = discover(data)
@@ -89,7 +93,7 @@ def transfer_command(
             else:
                 result = transfer_matrix(models, data, source, targets, attacks, eps_values, xi_values,
                                          uap_iterations=uap_iters, progress=advance, **common)
-        if (next(iter(result.blocks.values())) if cross else result).patches == 0:
+        if result.patches == 0:
             raise DataError(f"{data}: no file could be used (every file was skipped)")
         if json_out is not None:
             write_text_atomic(json_out, result.to_json())
