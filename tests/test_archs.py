@@ -30,14 +30,14 @@ def test_shapes_and_constraint_projection():
         m.constrained.weight.normal_()
     assert constraint_error(m) > 0.1
     m.constrain_()
-    assert constraint_error(m) < 1e-5
+    assert constraint_error(m) < 1e-4
     with pytest.raises(ValueError, match="unknown architecture"):
         build("resnet")
 
 
 def test_bundled_architectures_load():
     assert isinstance(load_detector("bayar"), BayarCNN) and isinstance(load_detector("meso4"), MesoNet4)
-    assert constraint_error(load_detector("bayar")) < 1e-5
+    assert constraint_error(load_detector("bayar")) < 1e-4
 
 
 def train(tmp_path, data, name, *extra):
@@ -52,14 +52,14 @@ def test_train_archs_keep_the_constraint_and_init_fine_tunes(tmp_path, synth_dir
     bayar = train(tmp_path, synth_dir, "bayar", "--arch", "bayar", "--widths", "3,8,8,8,8,8")
     model = load_detector(str(bayar))
     assert isinstance(model, BayarCNN) and model.widths == (3, 8, 8, 8, 8, 8)
-    assert constraint_error(model) < 1e-5             # re-projected after every optimizer step
+    assert constraint_error(model) < 1e-4             # re-projected after every optimizer step
     meso = train(tmp_path, synth_dir, "meso", "--arch", "meso4")
     assert isinstance(load_detector(str(meso)), MesoNet4)
     tuned = train(tmp_path, synth_dir, "tuned", "--init", str(bayar), "--robust", "--adv-count", "4")
     cfg = json.loads(tuned.with_suffix(".json").read_text())
     assert cfg["model"]["arch"] == "BayarCNN" and cfg["training"]["init"] == str(bayar)
     fine = load_detector(str(tuned))
-    assert constraint_error(fine) < 1e-5
+    assert constraint_error(fine) < 1e-4
     start = load_detector(str(bayar))
     assert any(not torch.equal(a, b) for a, b in zip(fine.state_dict().values(), start.state_dict().values()))
     bundled = train(tmp_path, synth_dir, "from_bundled", "--init", "baseline")
