@@ -66,7 +66,7 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
     """Run the workloads and write the results; ``threads``: the thread counts of the eval sweep (the first one
     is used by every other workload and by the README)."""
     from recapfast import ops
-    from recapfast.atomic import write_text
+    from recapfast.io.atomic import write_text
 
     from . import data_pipeline, eval_sweep, floor, peers, scaling, screen_probe, train_step
     from .report import markdown

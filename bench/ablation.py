@@ -34,7 +34,8 @@ EPS = (1.0, 2.0, 3.0, 4.0, 5.0)
 
 
 def _forward_variants(model, x, threads: int) -> dict:
-    from recapfast import fastpath, ops
+    from recapfast import ops
+    from recapfast.models import fastpath
     from recapfast.ops import reference as R
 
     plain = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
@@ -69,7 +70,7 @@ def _forward_variants(model, x, threads: int) -> dict:
 
 
 def _gradient_variants(model, x, y, threads: int) -> dict:
-    from recapfast.attacks import input_gradients
+    from recapfast.attacks.single_step import input_gradients
 
     plain = copy.deepcopy(model).eval().to(memory_format=torch.channels_last)
 
@@ -93,7 +94,7 @@ def _gradient_variants(model, x, y, threads: int) -> dict:
 
 def _metric_variants(model, x, y, threads: int) -> dict:
     from recapfast import metrics, ops
-    from recapfast.attacks import sweep
+    from recapfast.attacks.single_step import sweep
     from recapfast.ops import reference as R
 
     with contender_settings("ext", threads):
@@ -172,7 +173,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=7)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from recapfast.atomic import write_text
+    from recapfast.io.atomic import write_text
 
     res = run(args.threads, args.reps)
     args.out.mkdir(parents=True, exist_ok=True)

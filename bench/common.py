@@ -137,7 +137,7 @@ def summary(samples: dict[str, list[float]], items: int | None = None) -> dict:
 
 def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
     """A labelled PNG folder of ``count`` originals + ``count`` recaptures at ``size`` px (cached)."""
-    from recapfast.synth import synthesize
+    from recapfast.data.synth import synthesize
 
     root = cache_dir() / f"synth-{size}px-{count}x2-seed{seed}"
     if (root / "manifest.json").is_file():
@@ -153,7 +153,7 @@ def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
 
 def load_folder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All patches of a folder decoded into memory: (uint8 [N, 3, S, S], labels [N])."""
-    from recapfast.data import PatchDataset, discover, make_loader
+    from recapfast.data.folder import PatchDataset, discover, make_loader
 
     xs, ys = [], []
     for batch in make_loader(PatchDataset(discover(root), size), 256, 0):
@@ -175,7 +175,7 @@ def get_model(model_path: str | None, device: str = "cpu") -> tuple[torch.nn.Mod
     else:
         path = cache_dir() / "quick-baseline.safetensors"
         if not path.is_file():
-            from recapfast.train import TrainConfig, train
+            from recapfast.training.train import TrainConfig, train
 
             data = synth_folder(64, 300, seed=11)
             log("bench: no bundled baseline; training a quick one (300 iterations, 64 px)")

@@ -1,6 +1,6 @@
 """Data-pipeline workload: decode + center-crop patches alone, images/s by DataLoader worker count.
 
-A full pass of recapfast's streaming loader (``recapfast.data.make_loader``) over a PNG folder,
+A full pass of recapfast's streaming loader (``recapfast.data.folder.make_loader``) over a PNG folder,
 worker start-up included (the loader is not persistent, as in ``recapfast eval``).
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from .common import alternate, log, median, synth_folder
 
 
 def run(folders: dict[int, tuple[int, int]], reps: int, workers=(0, 1, 2), batch: int = 64) -> dict:
-    from recapfast.data import PatchDataset, discover, make_loader
+    from recapfast.data.folder import PatchDataset, discover, make_loader
 
     out = []
     for size, (count, seed) in folders.items():

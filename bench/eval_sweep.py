@@ -37,7 +37,7 @@ def _collect(fn, batches) -> dict:
 
 
 def _streamed(fn, root, size: int, batch_size: int, workers: int):
-    from recapfast.data import PatchDataset, discover, make_loader
+    from recapfast.data.folder import PatchDataset, discover, make_loader
 
     dataset = PatchDataset(discover(root), size)
 
@@ -48,7 +48,7 @@ def _streamed(fn, root, size: int, batch_size: int, workers: int):
 
 def _recapfast_eval(model, contender: Contender, root, size: int, batch_size: int, workers: int, threads: int):
     """``recapfast eval``'s library path with its defaults (metrics="full"), in the contender's settings."""
-    from recapfast.evaluate import evaluate_folder
+    from recapfast.engine.evaluate import evaluate_folder
 
     def run():
         with contender_settings(contender.backend, threads):

@@ -27,7 +27,7 @@ def _shapes(model, size: int):
 
 
 def run(model, sizes=(64, 256), reps: int = 7, threads: int = 1) -> dict:
-    from recapfast import fastpath
+    from recapfast.models import fastpath
 
     out = []
     for size in sizes:

@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     merged = merge(args.runs)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from recapfast.atomic import write_text
+    from recapfast.io.atomic import write_text
 
     write_text(args.out, json.dumps(merged, indent=1) + "\n")
     write_text(args.out.with_suffix(".md"), markdown(merged))

@@ -141,7 +141,7 @@ def make_batch_fn(contender: Contender, model: nn.Module, eps: Sequence[float],
 
 
 def _recapfast_fn(model, eps, attacks) -> BatchFn:
-    from recapfast.attacks import sweep
+    from recapfast.attacks.single_step import sweep
 
     def run(x, y):
         res = sweep(model, x, y, eps, attacks, quantize=True)

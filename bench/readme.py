@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     if args.write is None:
         sys.stdout.write(text)
         return 0
-    from recapfast.atomic import write_text
+    from recapfast.io.atomic import write_text
 
     write_text(args.write, replace_section(args.write.read_text(), text))
     print(f"bench.readme: wrote the performance section of {args.write} from {path}", file=sys.stderr)

@@ -16,7 +16,7 @@ TARGET = 6.0
 
 
 def run(model, reps: int, count: int = 16, size: int = 256, tile: int = 64, threads: int = 1) -> dict:
-    from recapfast.screen import ScreenConfig, screen_folder
+    from recapfast.engine.screen import ScreenConfig, screen_folder
 
     root = synth_folder(size, count // 2, seed=31)
     tmp = Path(tempfile.mkdtemp(prefix="recapfast-bench-screen-"))

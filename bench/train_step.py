@@ -18,13 +18,13 @@ MODES = ("plain", "robust-exact", "robust-fd")
 
 
 def _config(mode: str, batch: int):
-    from recapfast.train import TrainConfig
+    from recapfast.training.train import TrainConfig
 
     return TrainConfig(batch_size=batch, robust=mode != "plain", penalty_mode="fd" if mode == "robust-fd" else "exact")
 
 
 def _stepper(model, mode: str, x, y, batch: int, lr: float = 1e-4):
-    from recapfast.train import training_loss
+    from recapfast.training.train import training_loss
 
     model = copy.deepcopy(model).train()
     config = _config(mode, batch)
@@ -78,7 +78,7 @@ def _in_settings(step, threads: int) -> None:
 def robustness(model, iters: int, batch: int = 64, size: int = 64, lr: float = 1e-4, train_count: int = 300,
                eval_count: int = 128) -> dict:
     """Fine-tune the same model with each mode on the same batches; clean / FGSM eps 2 accuracy."""
-    from recapfast.evaluate import Evaluator
+    from recapfast.engine.evaluate import Evaluator
 
     x, y = load_folder(synth_folder(size, train_count, seed=11), size)
     xv, yv = load_folder(synth_folder(size, eval_count, seed=99), size)

@@ -2,24 +2,27 @@
 
 Public API (ARCHITECTURE.md):
     model = recapfast.load_model("baseline")          # or "robust", or a .safetensors path
-    model = recapfast.load_detector("m.pt2")          # any --model spec (recapfast.zoo): .pt2, pkg.module:factory
+    model = recapfast.load_detector("m.pt2")          # any --model spec (recapfast.models.zoo): .pt2, pkg.module:factory
     x_adv = recapfast.fgsm(model, x, y, eps)
     x_adv = recapfast.llcm(model, x, y, eps)
     res   = recapfast.sweep(model, x, y, eps=[1, 2, 3, 4, 5], attacks=("fgsm", "llcm"))
-    x_adv = recapfast.bim(model, x, y, eps)           # also illc, pgd, mifgsm (recapfast.iterative)
+    x_adv = recapfast.bim(model, x, y, eps)           # also illc, pgd, mifgsm (recapfast.attacks.iterative)
     x_adv = recapfast.apgd(model, x, y, eps)          # APGD-CE; recapfast.square: black-box Square Attack
     s     = recapfast.ssim(x_adv, x)                  # per-image SSIM; recapfast.psnr likewise
 
 The attacks take pixel units; float input evidently in [0, 1] is rejected unless ``input_range=`` says
-what it is (recapfast.pixels).
+what it is (recapfast.models.pixels).
 """
-from . import apgd as _apgd, attacks as _attacks, iterative as _iterative, square as _square
-from .attacks import SweepResult
-from .model import LaplacianCNN
-from .checkpoint import load_model, save_checkpoint
-from .metrics import psnr, ssim
-from .pixels import pixel_api
-from .zoo import load_detector
+from recapfast.attacks import apgd as _apgd
+from recapfast.attacks import single_step as _attacks
+from recapfast.attacks import iterative as _iterative
+from recapfast.attacks import square as _square
+from recapfast.attacks.single_step import SweepResult
+from recapfast.models.laplacian import LaplacianCNN
+from recapfast.io.checkpoint import load_model, save_checkpoint
+from recapfast.metrics import psnr, ssim
+from recapfast.models.pixels import pixel_api
+from recapfast.models.zoo import load_detector
 
 fgsm = pixel_api(_attacks.fgsm)
 llcm = pixel_api(_attacks.llcm)

@@ -116,7 +116,7 @@ def perturbation_stats(x: torch.Tensor, adv: torch.Tensor, level: str = "full") 
     "fast" (SSIM left NaN), "none" (all NaN: nothing computed). One pass per adversarial image
     (``recapfast.ops.adv_metrics``); the clean image's local statistics are filtered once for all K.
     """
-    from . import ops
+    from recapfast import ops
 
     if level not in METRIC_LEVELS:
         raise ValueError(f"metrics must be one of {', '.join(METRIC_LEVELS)}, got {level!r}")

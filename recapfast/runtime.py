@@ -77,7 +77,7 @@ def settings() -> dict:
     """What result files record: threads (as chosen, or torch's current count) and the op backend."""
     import torch
 
-    from . import ops
+    from recapfast import ops
 
     threads = _current.to_dict() if _current is not None else {"threads": torch.get_num_threads(),
                                                                  "reason": "torch default"}

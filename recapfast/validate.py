@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .errors import UserError
+from recapfast.errors import UserError
 
 MAX_EPS = 255.0
 MAX_XI = 127.0
@@ -124,7 +124,7 @@ def parse_xi(text: str, option: str = "--xi", allow_empty: bool = False) -> list
 
 def check_widths(widths, option: str = "--widths", max_parameters: int | None = None) -> tuple[int, ...]:
     """Five integer conv widths in 1..4096 whose LaplacianCNN stays under ``max_parameters``."""
-    from .checkpoint_check import MAX_PARAMETERS, parameter_count
+    from recapfast.io.checkpoint_check import MAX_PARAMETERS, parameter_count
 
     if isinstance(widths, str):
         try:

@@ -97,7 +97,7 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """A small synthetic labelled folder (64 x 64), made once per session."""
-    from recapfast.synth import synthesize
+    from recapfast.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("synth") / "data"
     synthesize(root, size=64, count=24, seed=77, workers=1)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import recapfast as rf
-from recapfast.apgd import APGDConfig, apgd, apgd_attack, checkpoint_windows
+from recapfast.attacks.apgd import APGDConfig, apgd, apgd_attack, checkpoint_windows
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -30,7 +30,7 @@ def robust_batch(synth_dir):
     """Bundled robust model on 32x32 crops kept inside [8, 247] (so neither library's [0, 1] / [0, 255] clip binds);
     labels = its own clean decisions, so every patch is attacked (torchattacks draws the random start only for
     the correctly classified patches)."""
-    from recapfast.uap import load_patches
+    from recapfast.attacks.universal import load_patches
 
     model = rf.load_model("robust")
     x = load_patches(synth_dir, 32)[::2].clamp(8, 247)
@@ -50,8 +50,8 @@ def test_checkpoint_schedule_is_croce_and_heins():
 # (2, 20, 1), not (3, 20, 1): main's robust model (retrained on generator v3 data) is fooled on every patch at eps 3
 @pytest.mark.parametrize("eps,steps,restarts", [(1, 10, 1), (2, 12, 2), (2, 20, 1)])
 def test_float_mode_equals_torchattacks_apgd(robust_batch, eps, steps, restarts):
-    from recapfast.apgd import _single_run, _start
-    from recapfast.iterative import _box
+    from recapfast.attacks.apgd import _single_run, _start
+    from recapfast.attacks.iterative import _box
 
     model, x, y = robust_batch
     oracle = torchattacks.APGD(Unit01(model).eval(), norm="Linf", eps=eps / SCALE, steps=steps, n_restarts=restarts,

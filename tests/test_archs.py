@@ -8,9 +8,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from recapfast.archs import BayarCNN, MesoNet4, build
+from recapfast.models.archs import BayarCNN, MesoNet4, build
 from recapfast.cli import app
-from recapfast.zoo import load_detector
+from recapfast.models.zoo import load_detector
 
 
 def constraint_error(model: BayarCNN) -> float:
@@ -72,7 +72,7 @@ def test_train_archs_keep_the_constraint_and_init_fine_tunes(tmp_path, synth_dir
 
 
 def test_cross_architecture_transfer_matrix(tmp_path, synth_dir):
-    from recapfast.zoo import save_model
+    from recapfast.models.zoo import save_model
 
     paths = []
     for arch, seed in (("laplacian", 0), ("bayar", 1), ("meso4", 2)):

@@ -10,8 +10,8 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from recapfast import atomic
-from recapfast.atomic import AppendFile, OutputError, write_file
+from recapfast.io import atomic
+from recapfast.io.atomic import AppendFile, OutputError, write_file
 from recapfast.cli import app
 
 from screen_helpers import read_jsonl, save_tiny_model, write_labelled

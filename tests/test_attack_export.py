@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import recapfast as rf
-import recapfast.export as export_mod
+import recapfast.engine.export as export_mod
 from recapfast.cli import app
-from recapfast.data import decode, to_patches
+from recapfast.data.folder import decode, to_patches
 
 from screen_helpers import save_tiny_model, write_labelled
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import recapfast as rf
-from recapfast.attacks import least_likely_class
+from recapfast.attacks.single_step import least_likely_class
 
 from conftest import make_model
 

@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 import recapfast as rf
 from recapfast.cli import app
-from recapfast.evaluate import Evaluator
-from recapfast.uap import load_patches
+from recapfast.engine.evaluate import Evaluator
+from recapfast.attacks.universal import load_patches
 
 
 def test_eval_auto_worst_case_equals_direct_computation(tmp_path, synth_dir, small_model):

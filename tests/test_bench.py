@@ -27,7 +27,7 @@ TINY = {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "scaling
 
 @pytest.fixture
 def tiny_suite(tmp_path, monkeypatch):
-    from recapfast.checkpoint import save_checkpoint
+    from recapfast.io.checkpoint import save_checkpoint
 
     monkeypatch.setenv("RECAPFAST_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench_main, "plan", lambda mode: TINY)
@@ -99,7 +99,7 @@ def test_readme_performance_section_is_generated_from_the_committed_results():
 def test_skilled_script_equals_recapfast_sweep():
     """The 20-line bar computes the same attack as recapfast: identical predictions on a real model and images."""
     from bench import skilled
-    from recapfast.attacks import sweep
+    from recapfast.attacks.single_step import sweep
 
     import recapfast as rf
 
@@ -125,7 +125,7 @@ def test_cli_rejects_unknown_workload():
 def test_fd_penalty_mode_exact_unchanged_and_fd_trains():
     """penalty_mode defaults to exact, whose loss is the documented eq. 5-7 (double backprop),
     bit for bit; fd gives a finite loss whose gradient reaches the weights."""
-    from recapfast.train import TrainConfig, robust_loss, training_loss, fgsm_mixed_batch, adversarial_eps
+    from recapfast.training.train import TrainConfig, robust_loss, training_loss, fgsm_mixed_batch, adversarial_eps
 
     model = make_model().train()
     g = torch.Generator().manual_seed(3)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from recapfast import bundled_report
-from recapfast.checkpoint import read_config
+from recapfast.reporting import bundled as bundled_report
+from recapfast.io.checkpoint import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bundled"

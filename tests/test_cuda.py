@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
-from recapfast.attacks import sweep
-from recapfast.evaluate import evaluate_folder
-from recapfast.train import TrainConfig, training_loss
+from recapfast.attacks.single_step import sweep
+from recapfast.engine.evaluate import evaluate_folder
+from recapfast.training.train import TrainConfig, training_loss
 
 from conftest import make_model, use_backend
 from tf32_report import tf32

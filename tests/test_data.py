@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from recapfast.data import (DataError, DecodeError, PatchDataset, Sample, collate, decode, discover, iter_images,
+from recapfast.data.folder import (DataError, DecodeError, PatchDataset, Sample, collate, decode, discover, iter_images,
                             to_patches)
 
 from conftest import save_png

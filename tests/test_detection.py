@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.detection import equal_error_rate, recaptured_log_odds, roc_auc, roc_curve, tpr_at_fpr
-from recapfast.evaluate import Evaluator
-from recapfast.trust import TrustConfig
+from recapfast.engine.detection import equal_error_rate, recaptured_log_odds, roc_auc, roc_curve, tpr_at_fpr
+from recapfast.engine.evaluate import Evaluator
+from recapfast.engine.trust import TrustConfig
 
 metrics = pytest.importorskip("sklearn.metrics")
 

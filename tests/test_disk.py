@@ -19,10 +19,10 @@ import pytest
 from typer.testing import CliRunner
 
 import recapfast as rf
-from recapfast import atomic
+from recapfast.io import atomic
 from recapfast.cli import app
-from recapfast.export import export_adversarial
-from recapfast.screen import ScreenConfig, screen_folder
+from recapfast.engine.export import export_adversarial
+from recapfast.engine.screen import ScreenConfig, screen_folder
 
 from screen_helpers import env, png_bytes, read_jsonl, save_tiny_model, write_images
 

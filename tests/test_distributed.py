@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast import distributed
-from recapfast.screen import ScreenConfig, screen_folder
+from recapfast.engine import distributed
+from recapfast.engine.screen import ScreenConfig, screen_folder
 
 from screen_helpers import env, read_jsonl, save_tiny_model, write_images
 
@@ -59,7 +59,7 @@ def test_torchrun_screen_is_identical_to_a_single_process_run(tmp_path):
 
 
 def test_torchrun_eval_reduces_counters_to_the_single_process_result(tmp_path, synth_dir):
-    from recapfast.evaluate import evaluate_folder
+    from recapfast.engine.evaluate import evaluate_folder
 
     model_path = save_tiny_model(tmp_path / "m.safetensors")
     model = rf.load_model(model_path)
@@ -94,7 +94,7 @@ LOSS_TOLERANCE_MAX, LOSS_TOLERANCE_MEAN = 0.05, 0.02
 
 @pytest.mark.parametrize("robust", [False, True], ids=["baseline", "robust"])
 def test_torchrun_train_loss_curve_matches_single_process(tmp_path, synth_dir, robust):
-    from recapfast.train import TrainConfig, resume_path, train
+    from recapfast.training.train import TrainConfig, resume_path, train
 
     args = dict(iters=8, val_every=1, batch_size=8, widths=(4, 4, 8, 8, 8), size=32, lr=3e-3)
     extra = ["--robust", "--adv-count", 4, "--penalty", 1.0] if robust else []

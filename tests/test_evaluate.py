@@ -8,7 +8,7 @@ import json
 import torch
 
 import recapfast as rf
-from recapfast.evaluate import Evaluator, evaluate_folder
+from recapfast.engine.evaluate import Evaluator, evaluate_folder
 
 
 def test_evaluator_counts_match_a_direct_computation(small_model, op_backend):

@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 
 import recapfast as rf
-from recapfast import fastpath, ops
-from recapfast.attacks import ATTACK_SIGN, autograd_input_gradients, input_gradients, sweep
+from recapfast import ops
+from recapfast.models import fastpath
+from recapfast.attacks.single_step import ATTACK_SIGN, autograd_input_gradients, input_gradients, sweep
 from recapfast.ops import reference as R
 
 from conftest import make_model, use_backend
@@ -155,7 +156,7 @@ def _inputs(kind: str, synth_dir) -> tuple[torch.Tensor, torch.Tensor]:
         gen = torch.Generator().manual_seed(7)
         return torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8, generator=gen), \
             torch.randint(0, 2, (32,), generator=gen)
-    from recapfast.data import PatchDataset, discover, make_loader
+    from recapfast.data.folder import PatchDataset, discover, make_loader
 
     batch = next(iter(make_loader(PatchDataset(discover(synth_dir), 64), 48, 0)))
     return batch.x, batch.y

@@ -24,8 +24,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from recapfast.cli import app
-from recapfast.data import DecodeError, decode
-from recapfast.screen import ScreenConfig, load_file
+from recapfast.data.folder import DecodeError, decode
+from recapfast.engine.screen import ScreenConfig, load_file
 
 from screen_helpers import png_bytes, save_tiny_model
 

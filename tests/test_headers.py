@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from recapfast.data import DecodeError, decode
-from recapfast.screen import ScreenConfig, load_file
+from recapfast.data.folder import DecodeError, decode
+from recapfast.engine.screen import ScreenConfig, load_file
 
 from screen_helpers import REPO, env, jpeg_bytes, png_bytes, read_jsonl, save_tiny_model
 

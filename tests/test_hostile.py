@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-import recapfast.screen as screen_mod
-from recapfast.screen import ScreenConfig, iter_screen_files, screen_folder
+import recapfast.engine.screen as screen_mod
+from recapfast.engine.screen import ScreenConfig, iter_screen_files, screen_folder
 
 from conftest import make_model
 from screen_helpers import TINY_WIDTHS, bomb_png, jpeg_bytes, png_bytes, read_jsonl

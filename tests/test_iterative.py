@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 import recapfast as rf
-from recapfast.evaluate import Evaluator
-from recapfast.iterative import ITERATIVE_ATTACKS, default_steps, iterative_attack, sweep_iterative
+from recapfast.engine.evaluate import Evaluator
+from recapfast.attacks.iterative import ITERATIVE_ATTACKS, default_steps, iterative_attack, sweep_iterative
 
 
 def reference_loop(model, x, y, eps, attack, steps, alpha, seed=0, mu=1.0, random_start=True):

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import recapfast as rf
-from recapfast.evaluate import evaluate_folder
-from recapfast.jpeg import jpeg_roundtrip, parse_qualities
-from recapfast.trust import TrustConfig
-from recapfast.uap import load_patches
+from recapfast.engine.evaluate import evaluate_folder
+from recapfast.engine.jpeg import jpeg_roundtrip, parse_qualities
+from recapfast.engine.trust import TrustConfig
+from recapfast.attacks.universal import load_patches
 
 
 def pillow_jpeg(chw: np.ndarray, quality: int) -> np.ndarray:

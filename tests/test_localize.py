@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 import recapfast as rf
-from recapfast.localize import fabricate_map, heatmap_image, region_target, tile_map, tiles_of, untile
+from recapfast.attacks.localize import fabricate_map, heatmap_image, region_target, tile_map, tiles_of, untile
 
 
 def image(h=70, w=100, seed=0) -> np.ndarray:

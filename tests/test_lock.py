@@ -15,8 +15,8 @@ import time
 import numpy as np
 import pytest
 
-from recapfast.atomic import OutputError
-from recapfast.lock import OutputLock, lock_path
+from recapfast.io.atomic import OutputError
+from recapfast.io.lock import OutputLock, lock_path
 
 from screen_helpers import env, png_bytes, read_jsonl, save_tiny_model
 

@@ -7,11 +7,11 @@ import torch
 from torch import nn
 
 import recapfast as rf
-from recapfast.apgd import APGDConfig
-from recapfast.evaluate import Evaluator
-from recapfast.masking import MaskingThresholds, masking_checks, sign_test
-from recapfast.square import SquareConfig
-from recapfast.trust import TrustConfig
+from recapfast.attacks.apgd import APGDConfig
+from recapfast.engine.evaluate import Evaluator
+from recapfast.engine.masking import MaskingThresholds, masking_checks, sign_test
+from recapfast.attacks.square import SquareConfig
+from recapfast.engine.trust import TrustConfig
 
 
 @pytest.mark.parametrize("wins,losses", [(0, 0), (5, 0), (0, 5), (11, 0), (30, 12), (12, 30), (76, 2), (500, 430)])
@@ -96,7 +96,7 @@ class RoundedInput(nn.Module):
 
 
 def test_masked_model_is_flagged_and_its_plain_twin_is_not(synth_dir):
-    from recapfast.uap import load_patches
+    from recapfast.attacks.universal import load_patches
 
     x = load_patches(synth_dir, 32)
     y = torch.tensor([0] * 24 + [1] * 24)

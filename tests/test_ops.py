@@ -277,7 +277,7 @@ def test_opcheck_laplace_conv(device):
 # ------------------------------------------------------------------------------------ backend parity
 
 def make_model(seed=0):
-    from recapfast.model import LaplacianCNN
+    from recapfast.models.laplacian import LaplacianCNN
 
     torch.manual_seed(seed)
     model = LaplacianCNN(widths=(4, 8, 8, 16, 16))
@@ -315,9 +315,9 @@ def test_model_training_step_matches_between_backends(ext):
 
 
 def test_sweep_matches_between_backends(ext):
-    attacks = pytest.importorskip("recapfast.attacks")
+    attacks = pytest.importorskip("recapfast.attacks.single_step")
     if not hasattr(attacks, "sweep"):
-        pytest.skip("recapfast.attacks.sweep not available")
+        pytest.skip("recapfast.attacks.single_step.sweep not available")
     model = make_model(seed=2)
     gen = torch.Generator().manual_seed(11)
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
@@ -439,7 +439,7 @@ def test_build_name_tracks_sources(tmp_path):
 
 def test_import_does_not_build(tmp_path):
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path / "ext"), "RECAPFAST_BACKEND": "auto"}
-    code = "import recapfast, recapfast.ops, recapfast.model; print(recapfast.ops._build.STATE.attempted)"
+    code = "import recapfast, recapfast.ops, recapfast.models.laplacian; print(recapfast.ops._build.STATE.attempted)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False" and "compiling" not in proc.stderr

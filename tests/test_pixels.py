@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast import attacks, iterative
-from recapfast.pixels import InputAdapter, InputConvention
+from recapfast.attacks.single_step import single_step as attacks
+from recapfast.attacks.single_step import iterative
+from recapfast.models.pixels import InputAdapter, InputConvention
 
 GUARDED = ("fgsm", "llcm", "sweep", "bim", "illc", "pgd", "mifgsm", "apgd", "square")
 

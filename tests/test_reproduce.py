@@ -9,9 +9,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from recapfast import reproduce as rp
+from recapfast.reporting import reproduce as rp
 from recapfast.cli import app
-from recapfast.data import Sample
+from recapfast.data.folder import Sample
 
 pytest.importorskip("matplotlib")
 
@@ -186,7 +186,7 @@ PAPERLIKE = {"baseline": {"clean": 0.967, "fgsm": [0.028, 0.009, 0.005, 0.006, 0
                         "llcm": [0.900, 0.916, 0.930, 0.933, 0.930]}}
 
 
-# Measurements as recapfast.flipdist.measure returns them (10 patches, 2 misclassified when clean).
+# Measurements as recapfast.engine.flipdist.measure returns them (10 patches, 2 misclassified when clean).
 MEASURED = {m: {"patches": 10, "clean_correct": 8, "clean_wrong": 2, "eps": [1.0, 2.0, 3.0, 4.0, 5.0],
                 "fgsm_llcm_identical": [0.8, 0.8, 0.7, 0.8, 0.8],
                 "misclassified_correct_after": {"fgsm": [0.0, 0.5, 0.5, 0.5, 1.0], "llcm": [1.0, 1.0, 1.0, 1.0, 1.0]},
@@ -234,7 +234,7 @@ def test_findings_each_can_fail():
 
 
 def test_missing_matplotlib_is_one_clear_error(monkeypatch, tmp_path):
-    from recapfast import plots
+    from recapfast.reporting import plots
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(plots.PlotError, match=r"install recapfast\[plot\]"):

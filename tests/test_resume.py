@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from recapfast.screen import OutputError, ScreenConfig, screen_folder
+from recapfast.engine.screen import OutputError, ScreenConfig, screen_folder
 
 from conftest import make_model
 from screen_helpers import TINY_WIDTHS, env, png_bytes, read_jsonl, save_tiny_model

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import recapfast as rf
 from recapfast.cli import app
-from recapfast.screen import ScreenConfig, OutputError, screen_folder, summary_path
+from recapfast.engine.screen import ScreenConfig, OutputError, screen_folder, summary_path
 
 from conftest import make_model
 from screen_helpers import TINY_WIDTHS, jpeg_bytes, read_jsonl, save_tiny_model, write_images
@@ -56,7 +56,7 @@ def test_records_schema_order_and_tile_map(tiny, folder, tmp_path, op_backend):
     assert (r["width"], r["height"], r["tiles"], r["grid"]) == (160, 96, 15, [3, 5])
     assert np.array(r["tile_map"]).shape == (3, 5)
     # p is the mean of the tile probabilities, computed here independently.
-    from recapfast.data import decode, to_patches
+    from recapfast.data.folder import decode, to_patches
 
     img, _ = decode(r["path"])
     p_tiles = tile_probabilities(tiny, to_patches(img, 32, tile=True))
@@ -83,7 +83,7 @@ def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend):
     out = tmp_path / "f.jsonl"
     screen_folder(tiny, folder, out, ScreenConfig(size=32, probe_eps=eps, threshold=threshold, fragile_eps=2,
                                                   probe_chunk=7))
-    from recapfast.data import decode, to_patches
+    from recapfast.data.folder import decode, to_patches
 
     flips = 0
     for r in read_jsonl(out):

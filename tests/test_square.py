@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import recapfast as rf
-from recapfast.square import SquareConfig, margin, square, square_attack, square_fraction
+from recapfast.attacks.square import SquareConfig, margin, square, square_attack, square_fraction
 
 
 class Spy(nn.Module):
@@ -49,7 +49,7 @@ def test_vertices_of_the_integer_box(small_model, batch):
 
 
 def test_seeded_and_fooled_images_are_misclassified(synth_dir):
-    from recapfast.uap import load_patches
+    from recapfast.attacks.universal import load_patches
 
     model = rf.load_model("baseline")
     x = load_patches(synth_dir, 32)[::2]
@@ -78,7 +78,7 @@ def test_success_comparable_to_torchattacks_square(synth_dir):
     """Not pixel-comparable (torchattacks moves one window for the whole batch, from the global RNG; recapfast one
     per patch from its own generator): the accuracy it leaves, over three seeds, is compared instead."""
     torchattacks = pytest.importorskip("torchattacks")
-    from recapfast.uap import load_patches
+    from recapfast.attacks.universal import load_patches
 
     class Unit01(nn.Module):
         def __init__(self, model):

@@ -1,4 +1,4 @@
-"""Tests of the synthetic recapture generator (recapfast.synth)."""
+"""Tests of the synthetic recapture generator (recapfast.data.synth)."""
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recapfast import synth
-from recapfast.model import LaplacianCNN
+from recapfast.data.folder import synth
+from recapfast.models.laplacian import LaplacianCNN
 
 SIZE = 64
 

@@ -1,4 +1,4 @@
-"""Generator v3 (recapfast.synth3), real-photo scenes (recapfast.scenes) and `recapfast synth --scenes`."""
+"""Generator v3 (recapfast.data.synth3), real-photo scenes (recapfast.data.scenes) and `recapfast synth --scenes`."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from recapfast import scenes, synth3
+from recapfast.data.folder import scenes
+
+from recapfast.data.folder import synth3
 from recapfast.cli import app
-from recapfast.synth_data import synthesize
+from recapfast.data.synth_sets import synthesize
 
 from test_synth import _global_statistics, _logistic_regression_accuracy
 

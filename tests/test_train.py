@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from recapfast.data import DataError, PatchDataset, discover, make_loader
-from recapfast.model import LaplacianCNN
-from recapfast.train import (StepBatches, TrainConfig, adversarial_eps, fgsm_mixed_batch, resume_path,
+from recapfast.data.folder import DataError, PatchDataset, discover, make_loader
+from recapfast.models.laplacian import LaplacianCNN
+from recapfast.training.train import (StepBatches, TrainConfig, adversarial_eps, fgsm_mixed_batch, resume_path,
                              robust_loss, train)
 
 from conftest import make_model

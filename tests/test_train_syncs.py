@@ -4,7 +4,7 @@ On a GPU every read of a device value (``.item()``, ``float(t)``, ``.tolist()``,
 waits for the whole queue of kernels; under torchrun the per-step loss logging also cost an all-reduce.
 These tests mock the reading methods of ``torch.Tensor`` and record every call made from recapfast's
 own code, tagged with the training step in progress, so they run (and fail on a regression) on the CPU.
-The input pipeline (``recapfast/data.py``, the batch index sampler) works on host tensors by design
+The input pipeline (``recapfast/data/folder.py``, the batch index sampler) works on host tensors by design
 and is not counted. Where CUDA is available, torch's own sync detector checks the same on the GPU.
 """
 from __future__ import annotations
@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import recapfast
-from recapfast import train as train_mod
-from recapfast.train import TrainConfig, train
+from recapfast.training import train as train_mod
+from recapfast.training.train import TrainConfig, train
 
 TINY = (4, 4, 8, 8, 8)
 PKG = Path(recapfast.__file__).resolve().parent

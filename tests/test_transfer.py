@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.evaluate import evaluate_folder
-from recapfast.iterative import iterative_attack
-from recapfast.transfer import transfer_matrix
-from recapfast.uap import load_patches
+from recapfast.engine.evaluate import evaluate_folder
+from recapfast.attacks.iterative import iterative_attack
+from recapfast.attacks.transfer import transfer_matrix
+from recapfast.attacks.universal import load_patches
 
 from conftest import make_model
 

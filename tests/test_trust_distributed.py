@@ -6,14 +6,14 @@ import json
 import torch
 
 import recapfast as rf
-from recapfast.trust import TrustConfig
+from recapfast.engine.trust import TrustConfig
 
 from screen_helpers import save_tiny_model
 from test_distributed import torchrun
 
 
 def test_torchrun_eval_trust_parts_equal_single_process(tmp_path, synth_dir):
-    from recapfast.evaluate import evaluate_folder
+    from recapfast.engine.evaluate import evaluate_folder
 
     model_path = save_tiny_model(tmp_path / "m.safetensors")
     torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from recapfast.cli import app
-from recapfast.zoo import load_detector
+from recapfast.models.zoo import load_detector
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 NORM_FLAGS = ["--input-range", "1", "--mean", ",".join(map(str, MEAN)), "--std", ",".join(map(str, STD))]
@@ -119,7 +119,7 @@ def test_one_logit_models_and_pixel_adapter(user_model):
         def forward(self, x):
             return x.mean(dim=(1, 2, 3)).unsqueeze(1) - 0.5
 
-    from recapfast.pixels import InputAdapter, InputConvention
+    from recapfast.models.pixels import InputAdapter, InputConvention
 
     adapter = InputAdapter(OneLogit(), InputConvention(1.0))
     x = torch.full((2, 3, 4, 4), 204.0)
@@ -129,8 +129,8 @@ def test_one_logit_models_and_pixel_adapter(user_model):
 
 
 def test_recapfast_checkpoints_of_every_arch(tmp_path, synth_dir):
-    from recapfast.archs import build
-    from recapfast.zoo import save_model
+    from recapfast.models.archs import build
+    from recapfast.models.zoo import save_model
 
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     for arch in ("laplacian", "bayar", "meso4"):

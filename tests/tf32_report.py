@@ -36,7 +36,7 @@ def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
 def cases(device: torch.device):
     """(name, fn(dtype, device) -> tensor) pairs; fn computes the same thing in any dtype on any device."""
     from recapfast import ops
-    from recapfast.model import LaplacianCNN
+    from recapfast.models.laplacian import LaplacianCNN
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (16, 3, 64, 64), generator=gen).double()

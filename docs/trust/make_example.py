@@ -41,7 +41,7 @@ def grid_vs_float(data: Path) -> dict:
     import torch
 
     import recapfast as rf
-    from recapfast.uap import load_patches
+    from recapfast.attacks.universal import load_patches
 
     x = load_patches(data, 64)
     n = x.shape[0] // 2

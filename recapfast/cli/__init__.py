@@ -1,7 +1,7 @@
 """The `recapfast` command line: one Typer app, one module per command."""
 from __future__ import annotations
 
-from ..runtime import prefer_passive_waiting
+from recapfast.runtime import prefer_passive_waiting
 
 prefer_passive_waiting()  # before torch's OpenMP pool starts (recapfast.runtime)
 

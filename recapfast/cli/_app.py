@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperGroup
 
-from ..atomic import disk_error
-from ..errors import UserError
+from recapfast.io.atomic import disk_error
+from recapfast.errors import UserError
 
 # Typer >= 0.2x vendors click (its exceptions derive from typer.TyperException); older ones use click.
 _USAGE_ERRORS: tuple = tuple(t for t in (getattr(typer, "TyperException", None),) if t is not None)
@@ -110,13 +110,13 @@ def _root(
 ) -> None:
     """recapfast command line."""
     if backend is not None:
-        from .. import ops
+        from recapfast import ops
 
         try:
             ops.set_backend(backend)
         except ValueError as err:
             raise typer.BadParameter(str(err), param_hint="--backend") from err
-    from .. import runtime
+    from recapfast import runtime
 
     try:
         runtime.apply_threads(threads)
@@ -158,7 +158,7 @@ def resolve_device(name: str):
 
 def parse_floats(text: str, option: str) -> list[float]:
     """Comma-separated finite, non-negative numbers (eps-like values go through recapfast.validate.parse_eps)."""
-    from ..validate import number, parse_numbers
+    from recapfast.validate import number, parse_numbers
 
     return [number(v, option, 0.0) for v in parse_numbers(text, option)]
 
@@ -174,13 +174,13 @@ def parse_attacks(text: str, allowed) -> list[str]:
 
 def check_new_file(path: Optional[Path], force: bool, option: str) -> None:
     """An output file: its folder exists, it is new unless --force (recapfast.validate's one rule)."""
-    from ..validate import output_file
+    from recapfast.validate import output_file
 
     output_file(path, option, force)
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    from ..atomic import write_text
+    from recapfast.io.atomic import write_text
 
     write_text(path, text)
 

@@ -26,7 +26,7 @@ ATTACK_HELP = ("fgsm, llcm (one shared gradient for all eps), bim, illc, pgd, mi
 
 
 def convention(input_range: str, mean: Optional[str], std: Optional[str]):
-    from ..pixels import InputConvention, parse_floats_list
+    from recapfast.models.pixels import InputConvention, parse_floats_list
 
     try:
         value = float(input_range)
@@ -39,14 +39,14 @@ def convention(input_range: str, mean: Optional[str], std: Optional[str]):
 
 def load_cli_model(spec: str, device, weights: Optional[str], input_range: str = "255", mean: Optional[str] = None,
                    std: Optional[str] = None):
-    from ..zoo import load_detector
+    from recapfast.models.zoo import load_detector
 
     return load_detector(spec, device, weights, convention(input_range, mean, std))
 
 
 def parse_attack_names(text: str, allowed) -> list[str]:
     """--attack with 'auto' expanded (fgsm, apgd, square)."""
-    from ..trust import expand_attacks
+    from recapfast.engine.trust import expand_attacks
     from ._app import parse_attacks
 
     return expand_attacks(parse_attacks(text, tuple(allowed) + ("auto",)))
@@ -54,10 +54,10 @@ def parse_attack_names(text: str, allowed) -> list[str]:
 
 def trust_config(apgd_steps: int, apgd_restarts: int, square_queries: int, square_restarts: int, seed: int,
                  jpeg: Optional[str] = None, **kwargs):
-    from ..apgd import APGDConfig
-    from ..jpeg import parse_qualities
-    from ..square import SquareConfig
-    from ..trust import TrustConfig
+    from recapfast.attacks.apgd import APGDConfig
+    from recapfast.engine.jpeg import parse_qualities
+    from recapfast.attacks.square import SquareConfig
+    from recapfast.engine.trust import TrustConfig
 
     try:
         qualities = tuple(parse_qualities(jpeg)) if jpeg else ()

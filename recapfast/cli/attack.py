@@ -48,12 +48,12 @@ def attack_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Make adversarial images; evaluating OUT clean reproduces `eval`'s number for this attack and eps."""
-    from ..attacks import ATTACKS
-    from ..data import discover
-    from ..export import export_adversarial
-    from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from ..trust import EXTRA_ATTACKS
-    from ..validate import ArgumentError, check_step_size, output_dir, parse_eps
+    from recapfast.attacks.single_step import ATTACKS
+    from recapfast.data.folder import discover
+    from recapfast.engine.export import export_adversarial
+    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from recapfast.engine.trust import EXTRA_ATTACKS
+    from recapfast.validate import ArgumentError, check_step_size, output_dir, parse_eps
     from ._models import load_cli_model, trust_config
 
     attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
+from recapfast.errors import UserError
 from ._app import app
 
 

@@ -20,12 +20,12 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> None:
     """The main job on the bundled defaults: Tables 1-3 for the baseline and the robust model."""
-    from ..checkpoint import load_model
-    from ..evaluate import evaluate_folder
-    from ..synth_data import synthesize     # generator v3, what the bundled models were trained on
+    from recapfast.io.checkpoint import load_model
+    from recapfast.engine.evaluate import evaluate_folder
+    from recapfast.data.synth_sets import synthesize     # generator v3, what the bundled models were trained on
 
     if folder is not None:
-        from ..validate import output_dir
+        from recapfast.validate import output_dir
 
         output_dir(folder, "FOLDER", force=True)     # created if missing; its parent must exist
     console = stderr_console(quiet)

@@ -58,14 +58,14 @@ def eval_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Evaluate a detector on a labelled folder, clean and under attack (the paper's Tables 1-3)."""
-    from ..attacks import ATTACKS
-    from ..data import DataError, discover
-    from ..evaluate import evaluate_folder
-    from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from ..lock import lock_outputs
-    from ..metrics import METRIC_LEVELS
-    from ..trust import EXTRA_ATTACKS
-    from ..validate import check_step_size, output_dir, parse_eps
+    from recapfast.attacks.single_step import ATTACKS
+    from recapfast.data.folder import DataError, discover
+    from recapfast.engine.evaluate import evaluate_folder
+    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from recapfast.io.lock import lock_outputs
+    from recapfast.metrics import METRIC_LEVELS
+    from recapfast.engine.trust import EXTRA_ATTACKS
+    from recapfast.validate import check_step_size, output_dir, parse_eps
     from ._models import load_cli_model, parse_attack_names, trust_config
 
     if metrics not in METRIC_LEVELS:
@@ -77,14 +77,14 @@ def eval_command(
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:
-        from ..uap import load_uap
+        from recapfast.attacks.universal import load_uap
 
         universal = load_uap(uap)
     if heatmap is not None:
         output_dir(heatmap, "--heatmap", force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
         check_new_file(path, force, option)
-    from .. import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
+    from recapfast.engine import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main
@@ -111,7 +111,7 @@ def eval_command(
                 write_text_atomic(path, text())
         typer.echo(result.to_markdown())
         if heatmap is not None:
-            from ..localize import check_output_dir, write_heatmaps
+            from recapfast.attacks.localize import check_output_dir, write_heatmaps
 
             check_output_dir(heatmap, force)
             bar, advance = progress_bar(console, len(samples), "heatmaps")

@@ -40,11 +40,11 @@ def screen_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
-    from .. import distributed
-    from ..checkpoint import load_model
-    from ..screen import ScreenConfig, screen_folder
+    from recapfast.engine import distributed
+    from recapfast.io.checkpoint import load_model
+    from recapfast.engine.screen import ScreenConfig, screen_folder
 
-    from ..validate import number, output_file, parse_probe_eps
+    from recapfast.validate import number, output_file, parse_probe_eps
 
     eps_values = parse_probe_eps(probe_eps) or []
     threshold = number(threshold, "--threshold", 0.0, 1.0)
@@ -73,7 +73,7 @@ def screen_command(
     if info.is_main:
         typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
     if result.summary["screened"] == 0:
-        from ..data import DataError
+        from recapfast.data.folder import DataError
 
         raise DataError(f"{data}: no file could be screened ({result.summary['records']} error record(s) in {out})"
                         if result.summary["records"] else f"{data}: no image files found")

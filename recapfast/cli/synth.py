@@ -32,9 +32,9 @@ def synth_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesize originals (one camera capture) and recaptures (display + second capture) of random scenes."""
-    from ..lock import lock_outputs
-    from ..synth_data import synthesize
-    from ..validate import number, output_dir
+    from recapfast.io.lock import lock_outputs
+    from recapfast.data.synth_sets import synthesize
+    from recapfast.validate import number, output_dir
 
     number(jpeg_prob, "--jpeg-prob", 0.0, 1.0)
     output_dir(out, "OUT", force=True)         # created if missing; its parent must exist (synth refuses old images)

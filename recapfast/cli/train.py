@@ -44,10 +44,10 @@ def train_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Train a detector (LaplacianCNN, or --arch); keeps the best checkpoint by validation (clean + FGSM eps 2)."""
-    from ..archs import ARCHS, build
-    from ..lock import lock_outputs
-    from ..train import TrainConfig, train
-    from ..validate import ArgumentError, check_widths, number, output_file
+    from recapfast.models.archs import ARCHS, build
+    from recapfast.io.lock import lock_outputs
+    from recapfast.training.train import TrainConfig, train
+    from recapfast.validate import ArgumentError, check_widths, number, output_file
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
@@ -71,7 +71,7 @@ def train_command(
     if resume and force:
         raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
     output_file(out, "--out", force=True)              # its folder exists, not a folder or symlink
-    from .. import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
+    from recapfast.engine import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
 
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main

@@ -47,16 +47,16 @@ def transfer_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
-    from ..attacks import ATTACKS
-    from ..data import DataError, discover
-    from ..iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from ..transfer import cross_model_matrix, transfer_matrix
-    from ..trust import EXTRA_ATTACKS
-    from ..zoo import kind_of
+    from recapfast.attacks.single_step import ATTACKS
+    from recapfast.data.folder import DataError, discover
+    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from recapfast.attacks.transfer import cross_model_matrix, transfer_matrix
+    from recapfast.engine.trust import EXTRA_ATTACKS
+    from recapfast.models.zoo import kind_of
     from ._models import convention, parse_attack_names, trust_config
 
-    from ..lock import lock_outputs
-    from ..validate import check_step_size, parse_eps, parse_xi
+    from recapfast.io.lock import lock_outputs
+    from recapfast.validate import check_step_size, parse_eps, parse_xi
 
     attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
     eps_values = parse_eps(eps, "--eps", True, attacks)
@@ -71,7 +71,7 @@ def transfer_command(
         raise typer.BadParameter("--cross makes no UAPs; drop --xi", param_hint="--xi")
     console = stderr_console(quiet)
     dev = resolve_device(device)
-    from ..zoo import load_detector
+    from recapfast.models.zoo import load_detector
 
     conv = convention(input_range, mean, std)
     names = list(dict.fromkeys([source] + targets))

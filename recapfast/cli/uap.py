@@ -28,10 +28,10 @@ def uap_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Make a universal adversarial perturbation with ||delta||_inf <= xi for every image (Huang et al. 2020)."""
-    from ..checkpoint import load_model
-    from ..lock import lock_outputs
-    from ..uap import data_driven_uap, data_free_uap, load_patches, save_uap
-    from ..validate import check_xi, output_file
+    from recapfast.io.checkpoint import load_model
+    from recapfast.io.lock import lock_outputs
+    from recapfast.attacks.universal import data_driven_uap, data_free_uap, load_patches, save_uap
+    from recapfast.validate import check_xi, output_file
 
     (xi,) = check_xi([xi])
     if out.suffix.lower() != ".png":

@@ -1,0 +1,1 @@
+"""Files out: atomic writes, output locks, checkpoints and their validation."""

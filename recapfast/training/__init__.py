@@ -1,0 +1,1 @@
+"""Baseline and robust (Zhao et al. 2018) training."""
