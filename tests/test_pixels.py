@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.attacks.single_step import single_step as attacks
+from recapfast.attacks import single_step as attacks
 from recapfast.attacks.single_step import iterative
 from recapfast.models.pixels import InputAdapter, InputConvention
 
