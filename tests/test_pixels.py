@@ -6,7 +6,7 @@ import torch
 
 import recapfast as rf
 from recapfast.attacks import single_step as attacks
-from recapfast.attacks.single_step import iterative
+from recapfast.attacks import iterative
 from recapfast.models.pixels import InputAdapter, InputConvention
 
 GUARDED = ("fgsm", "llcm", "sweep", "bim", "illc", "pgd", "mifgsm", "apgd", "square")

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recapfast.data.folder import synth
+from recapfast.data import synth
 from recapfast.models.laplacian import LaplacianCNN
 
 SIZE = 64

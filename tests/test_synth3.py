@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from recapfast.data.folder import scenes
+from recapfast.data import scenes
 
-from recapfast.data.folder import synth3
+from recapfast.data import synth3
 from recapfast.cli import app
 from recapfast.data.synth_sets import synthesize
 
