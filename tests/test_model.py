@@ -16,9 +16,33 @@ def test_structure_and_fixed_laplacian():
     assert model.widths == (8, 16, 32, 64, 128)
     assert len(model.units) == 5 and model.fc.out_features == 2
     assert all(not p.is_floating_point() or p.requires_grad for p in model.parameters())
-    assert "laplacian" not in dict(model.named_parameters())
-    assert model.laplacian[0, 0].tolist() == [[0, -1, 0], [-1, 4, -1], [0, -1, 0]]
-    assert model.laplacian.shape == (3, 1, 3, 3)
+    # The Laplacian is not learnt and not saved: the state dict holds the convolutions, BN and fc only.
+    assert all(k.startswith(("units.", "fc.")) for k in model.state_dict())
+
+
+def test_forward_applies_the_papers_laplacian_with_zero_padding():
+    """What forward feeds the first BatchNorm, with the stem convolution made the identity on channels 0-2:
+    the Laplacian [[0,-1,0],[-1,4,-1],[0,-1,0]] of each channel, zero padded, written out by hand."""
+    model = rf.LaplacianCNN(widths=(4, 4, 4, 4, 4)).eval()
+    with torch.no_grad():
+        model.units[0].conv.weight.zero_()
+        model.units[0].conv.bias.zero_()
+        for c in range(3):
+            model.units[0].conv.weight[c, c, 1, 1] = 1.0
+    x = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    x[0, 0] = 1                 # constant: 0 inside, the missing neighbours show at the border
+    x[0, 1, 1, 2] = 10          # one impulse
+    expected = torch.tensor([[[2., 1, 1, 2], [1, 0, 0, 1], [1, 0, 0, 1], [2, 1, 1, 2]],
+                             [[0, 0, -10, 0], [0, -10, 40, -10], [0, 0, -10, 0], [0, 0, 0, 0]],
+                             [[0, 0, 0, 0]] * 4])
+    seen = []
+    hook = model.units[0].bn.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        hook.remove()
+    assert torch.equal(seen[0][0, :3], expected) and not seen[0][0, 3:].any()
 
 
 @pytest.mark.parametrize("size", [32, 64, 67])

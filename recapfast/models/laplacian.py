@@ -37,9 +37,9 @@ class LaplacianCNN(nn.Module):
     """Fixed Laplacian enhancement layer, five conv units, linear layer to 2 classes.
 
     Input: [B, 3, H, W], uint8 or float32 in pixel units [0, 255].  Output: logits [B, 2]
-    (class 0 = original, 1 = recaptured).  The Laplacian is a non-trainable buffer; the
-    stem (Laplacian + first convolution) runs through ``recapfast.ops.laplace_conv``, which
-    uses the fused C++/CUDA op when that backend is active.
+    (class 0 = original, 1 = recaptured).  The Laplacian is fixed (not a parameter): the stem
+    (Laplacian of ``recapfast.ops.reference.LAPLACIAN`` + first convolution) runs through
+    ``recapfast.ops.laplace_conv``, which uses the fused C++/CUDA op when that backend is active.
     """
 
     def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, num_classes: int = 2):
@@ -49,7 +49,6 @@ class LaplacianCNN(nn.Module):
             raise ValueError(f"widths must be five positive integers, got {widths}")
         self.widths = widths
         self.num_classes = num_classes
-        self.register_buffer("laplacian", ops.reference.laplacian_kernel(3), persistent=False)
         cins = (3,) + widths[:-1]
         self.units = nn.ModuleList(
             ConvUnit(cin, cout, global_pool=(i == 4)) for i, (cin, cout) in enumerate(zip(cins, widths))
