@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,30 +123,106 @@ def test_cli_rejects_unknown_workload():
     assert res.exit_code == 1
 
 
-def test_fd_penalty_mode_exact_unchanged_and_fd_trains():
-    """penalty_mode defaults to exact, whose loss is the documented eq. 5-7 (double backprop),
-    bit for bit; fd gives a finite loss whose gradient reaches the weights."""
-    from recapfast.training.train import TrainConfig, robust_loss, training_loss, fgsm_mixed_batch, adversarial_eps
+# -------------------------------------------------- the robust training loss against an independent reference
 
-    model = make_model().train()
-    g = torch.Generator().manual_seed(3)
-    x = torch.randint(0, 256, (8, 3, 32, 32), generator=g).float()
-    y = torch.randint(0, 2, (8,), generator=g)
-    cfg = TrainConfig(robust=True, batch_size=8, adv_count=4)
-    assert cfg.penalty_mode == "exact"
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    loss, _ = training_loss(model, x, y, cfg, step=5)
-    model.load_state_dict(state)
-    eps = adversarial_eps(cfg, 5, 8)
-    xb = fgsm_mixed_batch(model, x, y, eps)
-    w = torch.ones(8)
-    w[:4] = cfg.adv_weight
-    ref, _ = robust_loss(model, xb, y, w, cfg.penalty)
-    assert torch.equal(loss, ref)
-    model.load_state_dict(state)
-    fd, stats = training_loss(model, x, y, TrainConfig(robust=True, batch_size=8, adv_count=4, penalty_mode="fd"), 5)
-    fd.backward()
-    assert torch.isfinite(fd) and stats["grad_norm"] > 0
-    assert all(p.grad is not None for p in model.parameters())
+def _reference_loss(w, b, x, y, weights, penalty, shift=None):
+    """Eq. 5-7 by hand (float64 numpy) for a linear model z = x W^T + b: per image CE + penalty * ||grad_x CE||_2,
+    weighted, over the batch size. For two classes grad_x CE_i = (p_i - onehot(y_i)) W."""
+    xs = x if shift is None else x + shift
+    z = xs @ w.T + b
+    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1)) + z.max(1)
+    ce = lse - z[np.arange(len(y)), y]
+    p = np.exp(z - lse[:, None])
+    g = (p - np.eye(2)[y]) @ w
+    norm = np.sqrt((g ** 2).sum(1) + 1e-20)
+    per_image = ce + penalty * norm if penalty else ce
+    return float((weights * per_image).sum() / len(y)), ce, g, norm
+
+
+def _linear_case():
+    """A 2-class linear detector on 2 x 2 RGB images whose input gradient is far from zero everywhere
+    (W1 = -W0, |W0| >= 0.005), so every FGSM sign is the same in float32 and float64."""
+    rng = np.random.default_rng(7)
+    w0 = rng.choice([-1.0, 1.0], 12) * (0.005 + 0.01 * rng.random(12))
+    w0[:2] = (0.01, -0.01)                       # image 0 (label 0) is pushed down at pixel 0, up at pixel 1
+    w = np.stack([w0, -w0])
+    b = np.array([0.1, -0.2])
+    x = rng.integers(0, 256, (6, 12)).astype(np.float64)
+    x[0, :2] = (1, 254)                          # ... where FGSM clips at both ends of the pixel range
+    y = np.array([0, 1, 1, 0, 1, 0])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(w))
+        model[1].bias.copy_(torch.tensor(b))
+    return model, w, b, x, y
+
+
+def _fd_grad(f, w, b, h=1e-6):
+    """Central differences of f(w, b) over every weight and bias."""
+    gw, gb = np.zeros_like(w), np.zeros_like(b)
+    for arr, out in ((w, gw), (b, gb)):
+        for idx in np.ndindex(arr.shape):
+            old = arr[idx]
+            arr[idx] = old + h
+            up = f(w, b)
+            arr[idx] = old - h
+            down = f(w, b)
+            arr[idx] = old
+            out[idx] = (up - down) / (2 * h)
+    return gw, gb
+
+
+@pytest.mark.parametrize("penalty_mode", ["exact", "fd"])
+def test_training_loss_equals_hand_computed_eq5_to_7(penalty_mode):
+    """training_loss on a linear model against eq. 5-7 written out by hand: the FGSM images of the first k
+    (eps fixed by eps_min = eps_max, rounded half to even, clipped to [0, 255]), the weights alpha / 1,
+    the penalty lambda * ||grad_x CE|| at the FGSM image (exact) or the CE at the image moved lambda along
+    the clean gradient's direction (fd); and its parameter gradient against finite differences (the
+    double-backprop term included)."""
+    from recapfast.training.train import TrainConfig, training_loss
+
+    model, w, b, x, y = _linear_case()
+    k, eps, lam, alpha = 3, 2.5, 10.0, 0.2
+    cfg = TrainConfig(robust=True, batch_size=6, adv_count=k, eps_min=eps, eps_max=eps, penalty=lam,
+                      adv_weight=alpha, penalty_mode=penalty_mode)
+    assert TrainConfig().penalty_mode == "exact"
+    cfg.validate()
+    weights = np.array([alpha] * k + [1.0] * (6 - k))
+    _, _, g_clean, norm_clean = _reference_loss(w, b, x, y, weights, lam)
+    xb = x.copy()
+    xb[:k] = np.round(np.clip(x[:k] + eps * np.sign(g_clean[:k]), 0, 255))
+    assert (xb[0, 0], xb[0, 1]) == (0, 255) and sorted(set(np.abs(xb - x)[:k].ravel())) == [1.0, 2.0, 3.0]
+    if penalty_mode == "exact":
+        def reference(wv, bv):
+            return _reference_loss(wv, bv, xb, y, weights, lam)[0]
+        _, ce, _, norm = _reference_loss(w, b, xb, y, weights, lam)
+        grad_norm = norm.mean()
+    else:
+        shift = lam * g_clean / norm_clean[:, None]
+
+        def reference(wv, bv):
+            return _reference_loss(wv, bv, xb, y, weights, 0.0, shift)[0]
+        _, ce, _, _ = _reference_loss(w, b, xb, y, weights, 0.0, shift)
+        grad_norm = norm_clean.mean()
+
+    xt = torch.tensor(x, dtype=torch.float32).view(6, 3, 2, 2)
+    loss, stats = training_loss(model, xt, torch.tensor(y), cfg, step=11)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(reference(w, b), rel=1e-5)
+    assert float(stats["ce"]) == pytest.approx(ce.mean(), rel=1e-5)
+    assert float(stats["grad_norm"]) == pytest.approx(grad_norm, rel=1e-5)
+    gw, gb = _fd_grad(reference, w.copy(), b.copy())
+    np.testing.assert_allclose(model[1].weight.grad.double().numpy(), gw, rtol=1e-3, atol=1e-6)
+    np.testing.assert_allclose(model[1].bias.grad.double().numpy(), gb, rtol=1e-3, atol=1e-6)
+
+
+def test_training_loss_baseline_is_mean_cross_entropy_and_modes_are_checked():
+    from recapfast.training.train import TrainConfig, training_loss
+
+    model, w, b, x, y = _linear_case()
+    loss, stats = training_loss(model, torch.tensor(x, dtype=torch.float32).view(6, 3, 2, 2), torch.tensor(y),
+                                TrainConfig(robust=False, batch_size=6), step=0)
+    _, ce, _, _ = _reference_loss(w, b, x, y, np.ones(6), 0.0)
+    assert float(loss) == pytest.approx(ce.mean(), rel=1e-5) and float(stats["ce"]) == float(loss)
     with pytest.raises(Exception, match="penalty-mode"):
         TrainConfig(penalty_mode="nope").validate()
