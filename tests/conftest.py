@@ -81,17 +81,32 @@ def make_model(seed: int = 0, widths=(4, 8, 8, 16, 16), num_classes: int = 2) ->
     return model.eval()
 
 
+TINY_WIDTHS = (4, 4, 8, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> rf.LaplacianCNN:
+    """The screening tests' tiny model (TINY_WIDTHS, seed 0), on one torch thread."""
+    torch.set_num_threads(1)
+    return make_model(0, widths=TINY_WIDTHS)
+
+
 @pytest.fixture
 def small_model() -> rf.LaplacianCNN:
     return make_model()
 
 
+def random_batch(count: int, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` seeded random uint8 images [count, 3, size, size] and labels in {0, 1}."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (count,), generator=g)
+    return x, y
+
+
 @pytest.fixture
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 256, (12, 3, 32, 32), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 2, (12,), generator=g)
-    return x, y
+    return random_batch(12, 32, seed=1)
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,9 @@ import numpy as np
 from PIL import Image
 
 import recapfast as rf
-from conftest import make_model
+from conftest import TINY_WIDTHS, make_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_WIDTHS = (4, 4, 8, 8, 8)
 
 
 def save_tiny_model(path: Path, seed: int = 0, widths=TINY_WIDTHS) -> Path:

@@ -15,7 +15,7 @@ from recapfast.attacks.single_step import sweep
 from recapfast.engine.evaluate import evaluate_folder
 from recapfast.training.train import TrainConfig, training_loss
 
-from conftest import make_model, use_backend
+from conftest import make_model, random_batch, use_backend
 from tf32_report import tf32
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
@@ -34,9 +34,7 @@ def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
 @gpu
 def test_sweep_cpu_vs_cuda():
     model = make_model(seed=2)
-    gen = torch.Generator().manual_seed(11)
-    x = torch.randint(0, 256, (32, 3, 64, 64), dtype=torch.uint8, generator=gen)
-    y = torch.randint(0, 2, (32,), generator=gen)
+    x, y = random_batch(32, 64, seed=11)
     runs = {}
     for device in ("cpu", "cuda"):
         m = copy.deepcopy(model).to(device)

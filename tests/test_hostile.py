@@ -7,26 +7,18 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import recapfast.engine.screen as screen_mod
 from recapfast.engine.screen import ScreenConfig, iter_screen_files, screen_folder
 
-from conftest import make_model
-from screen_helpers import TINY_WIDTHS, bomb_png, jpeg_bytes, png_bytes, read_jsonl
+from screen_helpers import bomb_png, jpeg_bytes, png_bytes, read_jsonl
 
 RNG = np.random.default_rng(11)
 
 
 def rgb(h=80, w=96):
     return RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return make_model(0, widths=TINY_WIDTHS)
 
 
 @pytest.fixture(scope="module")

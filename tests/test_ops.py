@@ -18,7 +18,7 @@ from torch.autograd import gradcheck, gradgradcheck
 from recapfast import ops
 from recapfast.ops import _build
 
-from conftest import use_backend
+from conftest import random_batch, use_backend
 from tf32_report import tf32
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
@@ -315,17 +315,14 @@ def test_model_training_step_matches_between_backends(ext):
 
 
 def test_sweep_matches_between_backends(ext):
-    attacks = pytest.importorskip("recapfast.attacks.single_step")
-    if not hasattr(attacks, "sweep"):
-        pytest.skip("recapfast.attacks.single_step.sweep not available")
+    from recapfast.attacks.single_step import sweep
+
     model = make_model(seed=2)
-    gen = torch.Generator().manual_seed(11)
-    x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    y = torch.randint(0, 2, (16,), generator=gen)
+    x, y = random_batch(16, 32, seed=11)
     results = {}
     for name in ("ext", "torch"):
         with backend(name):
-            results[name] = attacks.sweep(model, x, y, eps=[1, 2, 3, 4, 5], attacks=("fgsm", "llcm"),
+            results[name] = sweep(model, x, y, eps=[1, 2, 3, 4, 5], attacks=("fgsm", "llcm"),
                                           return_images=True)
     ext_res, ref_res = results["ext"], results["torch"]
     assert torch.equal(ext_res.clean_predictions, ref_res.clean_predictions)
@@ -456,13 +453,12 @@ def test_doctor_info_reports_backend(ext):
 
 
 def test_doctor_command(ext):
-    cli = pytest.importorskip("recapfast.cli")
-    if not hasattr(cli, "doctor"):
-        pytest.skip("doctor command not wired into recapfast.cli")
     from typer.testing import CliRunner
 
+    from recapfast.cli import app
+
     with backend("auto"):  # restores the backend that --backend changes
-        result = CliRunner().invoke(cli.app, ["--backend", "ext", "doctor", "--json"])
+        result = CliRunner().invoke(app, ["--backend", "ext", "doctor", "--json"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["requested_backend"] == "ext" and info["active_backend"] == "ext"

@@ -9,18 +9,10 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from recapfast.engine.screen import OutputError, ScreenConfig, screen_folder
 
-from conftest import make_model
-from screen_helpers import TINY_WIDTHS, env, png_bytes, read_jsonl, save_tiny_model
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return make_model(0, widths=TINY_WIDTHS)
+from screen_helpers import env, png_bytes, read_jsonl, save_tiny_model
 
 
 @pytest.fixture(scope="module")

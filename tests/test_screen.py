@@ -12,8 +12,7 @@ import recapfast as rf
 from recapfast.cli import app
 from recapfast.engine.screen import ScreenConfig, OutputError, screen_folder, summary_path
 
-from conftest import make_model
-from screen_helpers import TINY_WIDTHS, jpeg_bytes, read_jsonl, save_tiny_model, write_images
+from screen_helpers import jpeg_bytes, read_jsonl, save_tiny_model, write_images
 
 runner = CliRunner()
 
@@ -21,12 +20,6 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    torch.set_num_threads(1)
-    return make_model(0, widths=TINY_WIDTHS)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,7 @@ from recapfast.runtime import prefer_passive_waiting
 prefer_passive_waiting()  # before torch's OpenMP pool starts (recapfast.runtime)
 
 from ._app import app  # noqa: E402
-from . import attack, bench, demo, evaluate, reproduce, screen, synth, train, transfer, uap  # noqa: F401,E402 - registers the commands
-
-try:  # the C++ core's `doctor` command
-    from . import doctor  # noqa: F401
-except ImportError:  # pragma: no cover - only while the module is absent
-    pass
+from . import attack, bench, demo, doctor, evaluate, reproduce, screen, synth, train, transfer, uap  # noqa: F401,E402 - registers the commands
 
 
 def main() -> None:
