@@ -25,21 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN
+from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN, WidthsDetector
 
 
-class BayarCNN(nn.Module):
+class BayarCNN(WidthsDetector):
     """MISLnet-style constrained-convolution detector; widths = (constrained filters, conv2..conv5, fc)."""
 
-    DEFAULT = (3, 24, 16, 16, 32, 64)
+    ARCH, DEFAULT = "BayarCNN", (3, 24, 16, 16, 32, 64)
 
     def __init__(self, widths: Sequence[int] = DEFAULT, num_classes: int = 2):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 6 or min(widths) < 1:
-            raise ValueError(f"BayarCNN widths must be six positive integers, got {widths}")
-        self.widths, self.num_classes = widths, num_classes
-        c0, c1, c2, c3, c4, fc = widths
+        c0, c1, c2, c3, c4, fc = self._set_widths(widths, 6, num_classes, "BayarCNN ")
         self.constrained = nn.Conv2d(3, c0, 5, padding=2, bias=False)
         self.convs = nn.ModuleList([nn.Conv2d(c0, c1, 7, stride=2, padding=3), nn.Conv2d(c1, c2, 5, padding=2),
                                     nn.Conv2d(c2, c3, 5, padding=2), nn.Conv2d(c3, c4, 1)])
@@ -57,9 +53,6 @@ class BayarCNN(nn.Module):
         w.div_(total)
         w[:, :, 2, 2] = -1.0
 
-    def config(self) -> dict:
-        return {"arch": "BayarCNN", "widths": list(self.widths), "num_classes": self.num_classes}
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.constrained(x.to(torch.float32))
         for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
@@ -68,25 +61,19 @@ class BayarCNN(nn.Module):
         return self.out(torch.tanh(self.fc2(torch.tanh(self.fc1(h)))))
 
 
-class MesoNet4(nn.Module):
+class MesoNet4(WidthsDetector):
     """Meso-4-style detector (Afchar et al. 2018); widths = (four conv widths, hidden units)."""
 
-    DEFAULT = (8, 8, 16, 16, 16)
+    ARCH, DEFAULT = "MesoNet4", (8, 8, 16, 16, 16)
 
     def __init__(self, widths: Sequence[int] = DEFAULT, num_classes: int = 2):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 5 or min(widths) < 1:
-            raise ValueError(f"MesoNet4 widths must be five positive integers, got {widths}")
-        self.widths, self.num_classes = widths, num_classes
+        widths = self._set_widths(widths, 5, num_classes, "MesoNet4 ")
         cins, kernels = (3,) + widths[:3], (3, 5, 5, 5)
         self.convs = nn.ModuleList(nn.Conv2d(i, o, k, padding=k // 2) for i, o, k in zip(cins, widths[:4], kernels))
         self.bns = nn.ModuleList(nn.BatchNorm2d(o) for o in widths[:4])
         self.drop = nn.Dropout(0.5)
         self.hidden, self.out = nn.Linear(widths[3], widths[4]), nn.Linear(widths[4], num_classes)
-
-    def config(self) -> dict:
-        return {"arch": "MesoNet4", "widths": list(self.widths), "num_classes": self.num_classes}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x.to(torch.float32) / 255.0
@@ -100,7 +87,7 @@ class MesoNet4(nn.Module):
 # CLI name -> (class, default widths); config "arch" names map back through CONFIG_NAMES.
 ARCHS = {"laplacian": (LaplacianCNN, DEFAULT_WIDTHS), "bayar": (BayarCNN, BayarCNN.DEFAULT),
          "meso4": (MesoNet4, MesoNet4.DEFAULT)}
-CONFIG_NAMES = {"LaplacianCNN": "laplacian", "BayarCNN": "bayar", "MesoNet4": "meso4"}
+CONFIG_NAMES = {cls.ARCH: name for name, (cls, _) in ARCHS.items()}
 
 
 def build(arch: str, widths: Sequence[int] | None = None, num_classes: int = 2) -> nn.Module:

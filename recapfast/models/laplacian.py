@@ -33,7 +33,26 @@ class ConvUnit(nn.Module):
         return self.pool(F.relu(self.bn(self.conv(x))))
 
 
-class LaplacianCNN(nn.Module):
+class WidthsDetector(nn.Module):
+    """A detector sized by a fixed number of channel widths: the widths check and the config a checkpoint embeds."""
+
+    ARCH = ""
+
+    def _set_widths(self, widths: Sequence[int], count: int, num_classes: int, who: str = "") -> tuple[int, ...]:
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != count or min(widths) < 1:
+            raise ValueError(f"{who}widths must be {_COUNT_WORDS[count]} positive integers, got {widths}")
+        self.widths, self.num_classes = widths, num_classes
+        return widths
+
+    def config(self) -> dict:
+        return {"arch": self.ARCH, "widths": list(self.widths), "num_classes": self.num_classes}
+
+
+_COUNT_WORDS = {5: "five", 6: "six"}
+
+
+class LaplacianCNN(WidthsDetector):
     """Fixed Laplacian enhancement layer, five conv units, linear layer to 2 classes.
 
     Input: [B, 3, H, W], uint8 or float32 in pixel units [0, 255].  Output: logits [B, 2]
@@ -42,21 +61,16 @@ class LaplacianCNN(nn.Module):
     ``recapfast.ops.laplace_conv``, which uses the fused C++/CUDA op when that backend is active.
     """
 
+    ARCH = "LaplacianCNN"
+
     def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, num_classes: int = 2):
         super().__init__()
-        widths = tuple(int(w) for w in widths)
-        if len(widths) != 5 or min(widths) < 1:
-            raise ValueError(f"widths must be five positive integers, got {widths}")
-        self.widths = widths
-        self.num_classes = num_classes
+        widths = self._set_widths(widths, 5, num_classes)
         cins = (3,) + widths[:-1]
         self.units = nn.ModuleList(
             ConvUnit(cin, cout, global_pool=(i == 4)) for i, (cin, cout) in enumerate(zip(cins, widths))
         )
         self.fc = nn.Linear(widths[-1], num_classes)
-
-    def config(self) -> dict:
-        return {"arch": "LaplacianCNN", "widths": list(self.widths), "num_classes": self.num_classes}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
