@@ -52,22 +52,29 @@ from recapfast.attacks.single_step import _check_labels, eval_mode
 from recapfast.attacks.iterative import _box, _project
 
 
-@dataclass(frozen=True)
-class APGDConfig:
-    """APGD settings (defaults: the reference's 100 iterations, 1 restart, rho 0.75, seed 0)."""
+class AttackSettings:
+    """The checks a restarting attack's settings share: its counts >= 1, its one fraction in (0, 1]."""
 
+    NAME, COUNTS, FRACTION = "", (), ""
+
+    def validate(self) -> None:
+        for field in self.COUNTS:
+            if getattr(self, field) < 1:
+                raise ValueError(f"{self.NAME} {field} must be >= 1, got {getattr(self, field)}")
+        if not 0 < getattr(self, self.FRACTION) <= 1:
+            raise ValueError(f"{self.NAME} {self.FRACTION} must be in (0, 1], got {getattr(self, self.FRACTION)}")
+
+
+@dataclass(frozen=True)
+class APGDConfig(AttackSettings):
+    """APGD settings: ``steps`` iterations per eps and restart, ``restarts``, ``rho`` the threshold of the
+    step-size condition (1), ``seed`` of the random starts (defaults: the reference's 100, 1, 0.75; seed 0)."""
+
+    NAME, COUNTS, FRACTION = "APGD", ("steps", "restarts"), "rho"
     steps: int = 100
     restarts: int = 1
     rho: float = 0.75
     seed: int = 0
-
-    def validate(self) -> None:
-        if self.steps < 1:
-            raise ValueError(f"APGD steps must be >= 1, got {self.steps}")
-        if self.restarts < 1:
-            raise ValueError(f"APGD restarts must be >= 1, got {self.restarts}")
-        if not 0 < self.rho <= 1:
-            raise ValueError(f"APGD rho must be in (0, 1], got {self.rho}")
 
 
 def checkpoint_windows(steps: int) -> list[int]:
@@ -81,17 +88,19 @@ def checkpoint_windows(steps: int) -> list[int]:
     return windows
 
 
-def attack_inputs(x: torch.Tensor, y, eps: float, name: str) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(float32 x, long labels, eps) checked for an untargeted attack that needs the true labels."""
+def attack_inputs(x: torch.Tensor, y, eps: float, config: AttackSettings, quantize: bool):
+    """The checked start of an untargeted attack that needs the true labels: ``config`` validated, then
+    (float32 x, long labels, eps, and the box lo, hi every iterate stays in)."""
+    config.validate()
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"x must be [B, 3, H, W], got shape {tuple(x.shape)}")
     eps = float(eps)
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if y is None:
-        raise ValueError(f"{name} needs the true labels y")
+        raise ValueError(f"{config.NAME.lower()} needs the true labels y")
     x0 = x.detach().to(torch.float32)
-    return x0, _check_labels(y, x0), eps
+    return (x0, _check_labels(y, x0), eps) + _box(x0, eps, quantize)
 
 
 def _loss_and_grad(model: nn.Module, x: torch.Tensor, y: torch.Tensor):
@@ -179,11 +188,9 @@ def apgd(
 def apgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 config: APGDConfig | None = None, quantize: bool = True) -> torch.Tensor:
     config = config or APGDConfig()
-    config.validate()
-    x0, y, eps = attack_inputs(x, y, eps, "apgd")
+    x0, y, eps, lo, hi = attack_inputs(x, y, eps, config, quantize)
     if x0.shape[0] == 0:
         return x0.clone()
-    lo, hi = _box(x0, eps, quantize)
     with eval_mode(model), torch.no_grad():
         remaining = model(x0).argmax(1) == y
     out = x0.clone()

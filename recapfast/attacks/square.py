@@ -30,29 +30,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from recapfast.attacks.apgd import attack_inputs
+from recapfast.attacks.apgd import AttackSettings, attack_inputs
 from recapfast.attacks.single_step import _inference_forward, eval_mode
-from recapfast.attacks.iterative import _box
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
 
 @dataclass(frozen=True)
-class SquareConfig:
+class SquareConfig(AttackSettings):
     """Square Attack settings: query budget per patch and restart, restarts, initial square fraction, seed."""
 
+    NAME, COUNTS, FRACTION = "Square", ("queries", "restarts"), "p_init"
     queries: int = 1000
     restarts: int = 1
     p_init: float = 0.8
     seed: int = 0
-
-    def validate(self) -> None:
-        if self.queries < 1:
-            raise ValueError(f"Square queries must be >= 1, got {self.queries}")
-        if self.restarts < 1:
-            raise ValueError(f"Square restarts must be >= 1, got {self.restarts}")
-        if not 0 < self.p_init <= 1:
-            raise ValueError(f"Square p_init must be in (0, 1], got {self.p_init}")
 
 
 def square_fraction(i: int, queries: int, p_init: float = 0.8) -> float:
@@ -86,12 +78,10 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
 def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                   config: SquareConfig | None = None, quantize: bool = True) -> torch.Tensor:
     config = config or SquareConfig()
-    config.validate()
-    x0, y, eps = attack_inputs(x, y, eps, "square")
+    x0, y, eps, lo, hi = attack_inputs(x, y, eps, config, quantize)
     if x0.shape[0] == 0:
         return x0.clone()
     b, c, h, w = x0.shape
-    lo, hi = _box(x0, eps, quantize)
     gen = torch.Generator().manual_seed(int(config.seed))
     device = x0.device
     # Compacting the working set needs the flags on the host: every query on CPU, every 8th elsewhere.
