@@ -91,6 +91,12 @@ def tiny() -> rf.LaplacianCNN:
     return make_model(0, widths=TINY_WIDTHS)
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """The tiny model saved as a checkpoint (bundled-style .safetensors + .json)."""
+    return rf.save_checkpoint(make_model(0, widths=TINY_WIDTHS), tmp_path_factory.mktemp("model") / "tiny.safetensors")
+
+
 @pytest.fixture
 def small_model() -> rf.LaplacianCNN:
     return make_model()

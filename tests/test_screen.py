@@ -12,14 +12,9 @@ import recapfast as rf
 from recapfast.cli import app
 from recapfast.engine.screen import ScreenConfig, OutputError, screen_folder, summary_path
 
-from screen_helpers import jpeg_bytes, read_jsonl, save_tiny_model, write_images
+from screen_helpers import jpeg_bytes, read_jsonl, write_images
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.safetensors")
 
 
 @pytest.fixture(scope="module")
