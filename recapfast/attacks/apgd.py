@@ -187,6 +187,8 @@ def apgd(
 
 def apgd_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                 config: APGDConfig | None = None, quantize: bool = True) -> torch.Tensor:
+    """:func:`apgd` with its settings in one :class:`APGDConfig` (default: the reference's); the images of
+    patches misclassified when clean come back unchanged."""
     config = config or APGDConfig()
     x0, y, eps, lo, hi = attack_inputs(x, y, eps, config, quantize)
     if x0.shape[0] == 0:

@@ -77,6 +77,7 @@ def square(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, queri
 
 def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
                   config: SquareConfig | None = None, quantize: bool = True) -> torch.Tensor:
+    """:func:`square` with its settings in one :class:`SquareConfig` (default: 1000 queries, 1 restart)."""
     config = config or SquareConfig()
     x0, y, eps, lo, hi = attack_inputs(x, y, eps, config, quantize)
     if x0.shape[0] == 0:
