@@ -25,23 +25,24 @@ ATTACK_HELP = ("fgsm, llcm (one shared gradient for all eps), bim, illc, pgd, mi
                "square (black-box, logits only), auto (= fgsm,apgd,square)")
 
 
-def convention(input_range: str, mean: Optional[str], std: Optional[str]):
+def convention(opts):
+    """The checked input convention of --input-range, --mean, --std (``opts``: recapfast.cli._options.CONVENTION)."""
     from recapfast.models.pixels import InputConvention, parse_floats_list
 
     try:
-        value = float(input_range)
-        conv = InputConvention(value, parse_floats_list(mean, "--mean"), parse_floats_list(std, "--std"))
+        value = float(opts.input_range)
+        conv = InputConvention(value, parse_floats_list(opts.mean, "--mean"), parse_floats_list(opts.std, "--std"))
         conv.validate()
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--input-range/--mean/--std") from err
     return conv
 
 
-def load_cli_model(spec: str, device, weights: Optional[str], input_range: str = "255", mean: Optional[str] = None,
-                   std: Optional[str] = None):
+def load_cli_model(detector, device):
+    """The --model (with --weights, --input-range, --mean, --std: recapfast.cli._options.DETECTOR) on ``device``."""
     from recapfast.models.zoo import load_detector
 
-    return load_detector(spec, device, weights, convention(input_range, mean, std))
+    return load_detector(detector.model, device, detector.weights, convention(detector))
 
 
 def parse_attack_names(text: str, allowed) -> list[str]:
@@ -52,8 +53,22 @@ def parse_attack_names(text: str, allowed) -> list[str]:
     return expand_attacks(parse_attacks(text, tuple(allowed) + ("auto",)))
 
 
-def trust_config(apgd_steps: int, apgd_restarts: int, square_queries: int, square_restarts: int, seed: int,
-                 jpeg: Optional[str] = None, **kwargs):
+def parse_attack_eps(attack: str, eps: str, quantize: bool, auto: bool = True) -> tuple[list[str], list[float]]:
+    """--attack (any attack recapfast runs; 'auto' too unless ``auto`` is False) and --eps checked against them."""
+    from recapfast.attacks.iterative import ITERATIVE_ATTACKS
+    from recapfast.attacks.single_step import ATTACKS
+    from recapfast.engine.trust import EXTRA_ATTACKS
+    from recapfast.validate import parse_eps
+    from ._app import parse_attacks
+
+    allowed = ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS
+    attacks = parse_attack_names(attack, allowed) if auto else parse_attacks(attack, allowed)
+    return attacks, parse_eps(eps, "--eps", quantize, attacks)
+
+
+def trust_config(budget, seed: Optional[int] = None, jpeg: Optional[str] = None, **kwargs):
+    """APGD's and Square's settings from ``budget`` (recapfast.cli._options.BUDGET; ``seed`` replaces its
+    --attack-seed), the --jpeg qualities, and any other TrustConfig field."""
     from recapfast.attacks.apgd import APGDConfig
     from recapfast.engine.jpeg import parse_qualities
     from recapfast.attacks.square import SquareConfig
@@ -63,8 +78,10 @@ def trust_config(apgd_steps: int, apgd_restarts: int, square_queries: int, squar
         qualities = tuple(parse_qualities(jpeg)) if jpeg else ()
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--jpeg") from err
-    return TrustConfig(apgd=APGDConfig(apgd_steps, apgd_restarts, 0.75, seed),
-                       square=SquareConfig(square_queries, square_restarts, 0.8, seed), jpeg=qualities, **kwargs)
+    seed = budget.attack_seed if seed is None else seed
+    return TrustConfig(apgd=APGDConfig(budget.apgd_steps, budget.apgd_restarts, 0.75, seed),
+                       square=SquareConfig(budget.square_queries, budget.square_restarts, 0.8, seed), jpeg=qualities,
+                       **kwargs)
 
 
 AnyModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust), a .safetensors "

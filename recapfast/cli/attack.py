@@ -6,13 +6,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SizeOpt, TileOpt, WorkersOpt,
-                   app, parse_attacks, progress_bar, resolve_device, stderr_console)
-from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
-                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
+from ._app import ExistingDir, SizeOpt, TileOpt, app, progress_bar, resolve_device, stderr_console
+from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
 @app.command("attack")
+@grouped
 def attack_command(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (new or empty unless --force/--resume; "
@@ -29,57 +28,43 @@ def attack_command(
                                             "of the --size grid attacked in place), not a crop.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip the files its manifest.jsonl "
                                                           "already holds.")] = False,
-    apgd_steps: ApgdStepsOpt = 100,
-    apgd_restarts: ApgdRestartsOpt = 1,
-    square_queries: SquareQueriesOpt = 1000,
-    square_restarts: SquareRestartsOpt = 1,
-    attack_seed: AttackSeedOpt = 0,
-    model: AnyModelOpt = "baseline",
-    weights: WeightsOpt = None,
-    input_range: InputRangeOpt = "255",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    budget: Options = BUDGET,
+    detector: Options = DETECTOR,
     size: SizeOpt = 64,
     tile: TileOpt = False,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    workers: WorkersOpt = 0,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
+    run: Options = RUN,
 ) -> None:
     """Make adversarial images; evaluating OUT clean reproduces `eval`'s number for this attack and eps."""
-    from recapfast.attacks.single_step import ATTACKS
     from recapfast.data.folder import discover
     from recapfast.engine.export import export_adversarial
-    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from recapfast.engine.trust import EXTRA_ATTACKS
-    from recapfast.validate import ArgumentError, check_step_size, output_dir, parse_eps
-    from ._models import load_cli_model, trust_config
+    from recapfast.attacks.iterative import IterativeConfig
+    from recapfast.validate import ArgumentError, check_step_size, output_dir
+    from ._models import load_cli_model, parse_attack_eps, trust_config
 
-    attacks = parse_attacks(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    eps_values = parse_eps(eps, "--eps", True, attacks)
+    attacks, eps_values = parse_attack_eps(attack, eps, True, auto=False)
     if len(attacks) != 1 or len(eps_values) != 1:
         raise ArgumentError("--attack/--eps: attack writes one attack at one eps per run")
-    if resume and force:
+    if resume and run.force:
         raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
     if tile and full_size:
         raise ArgumentError("--tile and --full-size exclude each other")
     step_size = check_step_size(step_size, True)
-    output_dir(out, "--out", force, resume, resumable=True)
+    output_dir(out, "--out", run.force, resume, resumable=True)
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise ArgumentError(f"--out {out}: is inside the input folder {data}")
-    console = stderr_console(quiet)
-    net = load_cli_model(model, resolve_device(device), weights, input_range, mean, std)
-    extra = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed)
+    console = stderr_console(run.quiet)
+    net = load_cli_model(detector, resolve_device(run.device))
+    extra = trust_config(budget)
     total = sum(1 for _ in discover(data, labelled=any((data / c).is_dir() for c in ("original", "recaptured"))))
     bar, advance = progress_bar(console, total, f"{attacks[0]} eps {eps_values[0]:g}")
     with bar:
         result = export_adversarial(net, data, out, attacks[0], eps_values[0], size=size, tile=tile,
-                                    batch_size=batch_size, workers=workers, model_name=model, progress=advance,
+                                    batch_size=run.batch_size, workers=run.workers, model_name=detector.model,
+                                    progress=advance,
                                     extra=extra,
-                                    on_error=None if quiet else (lambda p, r: console.print(
+                                    on_error=None if run.quiet else (lambda p, r: console.print(
                                         f"skipped {p}: {r}", markup=False, highlight=False)),
-                                    full_size=full_size, resume=resume, force=force,
+                                    full_size=full_size, resume=resume, force=run.force,
                                     iterative=IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed))
     acc = "" if result.labelled == 0 else f"; adversarial accuracy {100 * result.accuracy:.1f}%"
     kept = f", {result.skipped} already done" if result.skipped else ""

@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuantizeOpt, QuietOpt, SizeOpt, TileOpt,
-                   WorkersOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
-                   write_text_atomic)
-from ._models import (ATTACK_HELP, AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
-                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
+from ._app import (ExistingDir, QuantizeOpt, SizeOpt, TileOpt, app, check_new_file, progress_bar, resolve_device,
+                   stderr_console, write_text_atomic)
+from ._models import ATTACK_HELP
+from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
 @app.command("eval")
+@grouped
 def eval_command(
     data: ExistingDir,
     eps: Annotated[str, typer.Option("--eps", help="Comma-separated eps in grey levels.")] = "1,2,3,4,5",
@@ -25,11 +25,7 @@ def eval_command(
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Step of the iterative attacks "
                                                        "in grey levels (default 1).")] = None,
     pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
-    apgd_steps: ApgdStepsOpt = 100,
-    apgd_restarts: ApgdRestartsOpt = 1,
-    square_queries: SquareQueriesOpt = 1000,
-    square_restarts: SquareRestartsOpt = 1,
-    attack_seed: AttackSeedOpt = 0,
+    budget: Options = BUDGET,
     jpeg: Annotated[Optional[str], typer.Option("--jpeg", help="Also evaluate every image after a JPEG round trip at "
                                                 "these qualities, e.g. 75,90 (Pillow).")] = None,
     uap: Annotated[Optional[Path], typer.Option("--uap", exists=True, dir_okay=False, readable=True,
@@ -40,40 +36,29 @@ def eval_command(
                                                     "--size (mirrors DIR's tree) and heatmaps.json here.")] = None,
     metrics: Annotated[str, typer.Option("--metrics", help="Perturbation metrics per attack and eps: full "
                                          "(L-inf, L2, PSNR, SSIM), fast (no SSIM), none (accuracy only).")] = "full",
-    model: AnyModelOpt = "baseline",
-    weights: WeightsOpt = None,
-    input_range: InputRangeOpt = "255",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    detector: Options = DETECTOR,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the markdown tables here.")] = None,
     size: SizeOpt = 64,
     tile: TileOpt = False,
     quantize: QuantizeOpt = True,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    workers: WorkersOpt = 0,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
+    run: Options = RUN,
 ) -> None:
     """Evaluate a detector on a labelled folder, clean and under attack (the paper's Tables 1-3)."""
-    from recapfast.attacks.single_step import ATTACKS
     from recapfast.data.folder import DataError, discover
     from recapfast.engine.evaluate import evaluate_folder
-    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from recapfast.attacks.iterative import IterativeConfig
     from recapfast.io.lock import lock_outputs
     from recapfast.metrics import METRIC_LEVELS
-    from recapfast.engine.trust import EXTRA_ATTACKS
-    from recapfast.validate import check_step_size, output_dir, parse_eps
-    from ._models import load_cli_model, parse_attack_names, trust_config
+    from recapfast.validate import check_step_size, output_dir
+    from ._models import load_cli_model, parse_attack_eps, trust_config
 
     if metrics not in METRIC_LEVELS:
         raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
-    attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    eps_values = parse_eps(eps, "--eps", quantize, attacks)
+    attacks, eps_values = parse_attack_eps(attack, eps, quantize)
     step_size = check_step_size(step_size, quantize)
-    trust = trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, attack_seed, jpeg)
+    trust = trust_config(budget, jpeg=jpeg)
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:
@@ -81,23 +66,23 @@ def eval_command(
 
         universal = load_uap(uap)
     if heatmap is not None:
-        output_dir(heatmap, "--heatmap", force)
+        output_dir(heatmap, "--heatmap", run.force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
-        check_new_file(path, force, option)
+        check_new_file(path, run.force, option)
     from recapfast.engine import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
-    dist_info = distributed.init(resolve_device(device))
-    quiet = quiet or not dist_info.is_main
+    dist_info = distributed.init(resolve_device(run.device))
+    quiet = run.quiet or not dist_info.is_main
     console = stderr_console(quiet)
     with lock_outputs(json_out, csv_out, md_out, heatmap):
-        net = load_cli_model(model, distributed.rank_device(resolve_device(device), dist_info), weights, input_range,
-                             mean, std)
+        net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info))
         samples = discover(data)
-        bar, advance = progress_bar(console, len(samples), f"eval {model}")
+        bar, advance = progress_bar(console, len(samples), f"eval {detector.model}")
         on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))
         with bar:
-            result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=batch_size,
-                                     workers=workers, quantize=quantize, model_name=model, progress=advance,
+            result = evaluate_folder(net, data, eps_values, attacks, size=size, tile=tile, batch_size=run.batch_size,
+                                     workers=run.workers, quantize=quantize, model_name=detector.model,
+                                     progress=advance,
                                      on_error=None if quiet else on_error, samples=samples, iterative=iterative,
                                      uap=universal, metrics=metrics, trust=trust)
         distributed.shutdown()
@@ -113,7 +98,7 @@ def eval_command(
         if heatmap is not None:
             from recapfast.attacks.localize import check_output_dir, write_heatmaps
 
-            check_output_dir(heatmap, force)
+            check_output_dir(heatmap, run.force)
             bar, advance = progress_bar(console, len(samples), "heatmaps")
             with bar:
                 records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)

@@ -7,11 +7,12 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ForceOpt, ModelOpt, QuietOpt, WorkersOpt, app, progress_bar, resolve_device,
-                   stderr_console)
+from ._app import ModelOpt, app, progress_bar, resolve_device, stderr_console
+from ._options import RUN, Options, grouped
 
 
 @app.command("screen")
+@grouped
 def screen_command(
     data: Annotated[Path, typer.Argument(exists=True, file_okay=True, dir_okay=True,
                                          help="Folder (searched recursively) or one image file; no labels needed.")],
@@ -33,11 +34,7 @@ def screen_command(
                                            "or sha256 (content).")] = "stat",
     tile_map_inline: Annotated[int, typer.Option("--tile-map-inline", min=0, help="Tile maps with more tiles "
                                                  "go to a side file OUT_STEM.tiles/INDEX.json.")] = 256,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 32,
-    workers: WorkersOpt = 0,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
+    run: Options = RUN.but(batch_size=32),
 ) -> None:
     """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
     from recapfast.engine import distributed
@@ -51,22 +48,22 @@ def screen_command(
     fragile_eps = number(fragile_eps, "--fragile-eps", 0.0, 255.0)
     if resume_by not in ("stat", "sha256"):
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
-    output_file(out, "--out", force, resume, resumable=True)
-    output_file(csv_out, "--csv", force, resume)
-    dev = resolve_device(device)
+    output_file(out, "--out", run.force, resume, resumable=True)
+    output_file(csv_out, "--csv", run.force, resume)
+    dev = resolve_device(run.device)
     info = distributed.init(dev)
     dev = distributed.rank_device(dev, info)
-    quiet = quiet or not info.is_main
+    quiet = run.quiet or not info.is_main
     console = stderr_console(quiet)
     net = load_model(model, dev)
     config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
-                          max_pixels=max_pixels, batch_size=batch_size, workers=workers, resume_by=resume_by,
+                          max_pixels=max_pixels, batch_size=run.batch_size, workers=run.workers, resume_by=resume_by,
                           tile_map_inline=tile_map_inline)
     bar, advance = progress_bar(console, None, f"screen {model}")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     try:
         with bar:
-            result = screen_folder(net, data, out, config, resume=resume, force=force, csv_out=csv_out,
+            result = screen_folder(net, data, out, config, resume=resume, force=run.force, csv_out=csv_out,
                                    progress=advance, log=log)
     finally:
         distributed.shutdown()

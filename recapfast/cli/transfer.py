@@ -7,13 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import (BatchOpt, DeviceOpt, ExistingDir, ForceOpt, QuietOpt, SeedOpt, SizeOpt, app, check_new_file,
-                   progress_bar, resolve_device, stderr_console, write_text_atomic)
-from ._models import (ATTACK_HELP, ApgdRestartsOpt, ApgdStepsOpt, InputRangeOpt, MeanOpt, SquareQueriesOpt,
-                      SquareRestartsOpt, StdOpt)
+from ._app import (ExistingDir, SeedOpt, SizeOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
+                   write_text_atomic)
+from ._models import ATTACK_HELP
+from ._options import BUDGET, CONVENTION, RUN, Options, grouped
 
 
 @app.command("transfer")
+@grouped
 def transfer_command(
     data: ExistingDir,
     source: Annotated[str, typer.Option("--source", help="Model the perturbations are crafted on (name or path).")],
@@ -26,13 +27,8 @@ def transfer_command(
                                                             "none otherwise and with --cross).")] = None,
     cross: Annotated[bool, typer.Option("--cross", help="Every model (source and targets) as the source in turn: "
                                                         "the cross-model matrix (no UAPs).")] = False,
-    apgd_steps: ApgdStepsOpt = 100,
-    apgd_restarts: ApgdRestartsOpt = 1,
-    square_queries: SquareQueriesOpt = 1000,
-    square_restarts: SquareRestartsOpt = 1,
-    input_range: InputRangeOpt = "255",
-    mean: MeanOpt = None,
-    std: StdOpt = None,
+    budget: Options = BUDGET.but(drop=("attack_seed",)),
+    external: Options = CONVENTION,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
@@ -41,39 +37,33 @@ def transfer_command(
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the markdown table here.")] = None,
     size: SizeOpt = 64,
     seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    batch_size: BatchOpt = 64,
-    force: ForceOpt = False,
-    quiet: QuietOpt = False,
+    run: Options = RUN.but(drop=("workers",)),
 ) -> None:
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
-    from recapfast.attacks.single_step import ATTACKS
     from recapfast.data.folder import DataError, discover
-    from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
+    from recapfast.attacks.iterative import IterativeConfig
     from recapfast.attacks.transfer import cross_model_matrix, transfer_matrix
-    from recapfast.engine.trust import EXTRA_ATTACKS
     from recapfast.models.zoo import kind_of
-    from ._models import convention, parse_attack_names, trust_config
+    from ._models import convention, parse_attack_eps, trust_config
 
     from recapfast.io.lock import lock_outputs
-    from recapfast.validate import check_step_size, parse_eps, parse_xi
+    from recapfast.validate import check_step_size, parse_xi
 
-    attacks = parse_attack_names(attack, ATTACKS + ITERATIVE_ATTACKS + EXTRA_ATTACKS)
-    eps_values = parse_eps(eps, "--eps", True, attacks)
+    attacks, eps_values = parse_attack_eps(attack, eps, True)
     xi_values = [] if xi is None else parse_xi(xi, "--xi", allow_empty=True)
     step_size = check_step_size(step_size, True)
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
     for path, option in ((json_out, "--json"), (md_out, "--md")):
-        check_new_file(path, force, option)
+        check_new_file(path, run.force, option)
     if cross and xi_values:
         raise typer.BadParameter("--cross makes no UAPs; drop --xi", param_hint="--xi")
-    console = stderr_console(quiet)
-    dev = resolve_device(device)
+    console = stderr_console(run.quiet)
+    dev = resolve_device(run.device)
     from recapfast.models.zoo import load_detector
 
-    conv = convention(input_range, mean, std)
+    conv = convention(external)
     names = list(dict.fromkeys([source] + targets))
     with lock_outputs(json_out, md_out):
         # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
@@ -82,9 +72,8 @@ def transfer_command(
         if xi is None and not cross and hasattr(models[source], "units"):
             xi_values = [5.0]
         samples = discover(data)
-        common = dict(size=size, batch_size=batch_size, iterative=IterativeConfig(steps=steps, step_size=step_size),
-                      seed=seed, samples=samples,
-                      extra=trust_config(apgd_steps, apgd_restarts, square_queries, square_restarts, seed))
+        common = dict(size=size, batch_size=run.batch_size, seed=seed, samples=samples,
+                      iterative=IterativeConfig(steps=steps, step_size=step_size), extra=trust_config(budget, seed))
         bar, advance = progress_bar(console, len(samples) * (len(names) if cross else 1),
                                     "cross-model transfer" if cross else f"transfer from {source}")
         with bar:
