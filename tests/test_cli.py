@@ -114,3 +114,37 @@ def test_demo_runs_on_the_bundled_models(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("Clean accuracy:") == 2
     assert "model `baseline`" in res.output and "model `robust`" in res.output
+
+
+def test_option_groups_keep_each_commands_option_order_and_pass_namespaces():
+    """The shared option groups (recapfast/cli/_options.py) stand where they are declared in each command, with
+    the command's own defaults, and reach the command as one namespace per group."""
+    import typer
+
+    from recapfast.cli._options import RUN, grouped
+
+    def names(command):
+        return [p.name for p in typer.main.get_command(app).commands[command].params]
+
+    assert names("screen")[-5:] == ["device", "batch_size", "workers", "force", "quiet"]
+    assert names("transfer")[-6:] == ["size", "seed", "device", "batch_size", "force", "quiet"]
+    assert "workers" not in names("transfer") and "attack_seed" not in names("transfer")
+    attack = names("attack")
+    assert attack.index("resume") < attack.index("apgd_steps") < attack.index("attack_seed") < \
+        attack.index("model") < attack.index("std") < attack.index("size") < attack.index("device")
+    screen = typer.main.get_command(app).commands["screen"]
+    assert next(p for p in screen.params if p.name == "batch_size").default == 32
+    with pytest.raises(ValueError, match="not options of this group: nope"):
+        RUN.but(drop=("nope",))
+
+    seen = {}
+
+    @grouped
+    def command(first: int = 1, run: object = RUN.but(drop=("workers",), batch_size=8), last: int = 2):
+        seen.update(first=first, run=vars(run), last=last)
+
+    tiny = typer.Typer()
+    tiny.command()(command)
+    res = CliRunner().invoke(tiny, ["--batch-size", "3", "--quiet", "--last", "5"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"first": 1, "last": 5, "run": {"device": "auto", "batch_size": 3, "force": False, "quiet": True}}
