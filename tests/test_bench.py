@@ -223,6 +223,6 @@ def test_training_loss_baseline_is_mean_cross_entropy_and_modes_are_checked():
     loss, stats = training_loss(model, torch.tensor(x, dtype=torch.float32).view(6, 3, 2, 2), torch.tensor(y),
                                 TrainConfig(robust=False, batch_size=6), step=0)
     _, ce, _, _ = _reference_loss(w, b, x, y, np.ones(6), 0.0)
-    assert float(loss) == pytest.approx(ce.mean(), rel=1e-5) and float(stats["ce"]) == float(loss)
+    assert float(loss.detach()) == pytest.approx(ce.mean(), rel=1e-5) and float(stats["ce"]) == float(loss.detach())
     with pytest.raises(Exception, match="penalty-mode"):
         TrainConfig(penalty_mode="nope").validate()
