@@ -120,6 +120,45 @@ def test_cli_rejects_unknown_workload():
 
     res = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
     assert res.exit_code == 1
+    assert "--only" in res.output and "unknown workload(s) nonsense" in res.output
+
+
+def test_cli_calls_the_suite_function_with_its_options(tmp_path, monkeypatch):
+    """`recapfast bench` hands its options to bench.__main__.run (no argv re-parsing, sys.path untouched)."""
+    from typer.testing import CliRunner
+
+    from recapfast.cli import app
+
+    calls = []
+
+    def fake_run(mode, **options):
+        calls.append((mode, options))
+        return "report text\n"
+
+    monkeypatch.setattr(bench_main, "run", fake_run)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    path_before = list(sys.path)
+    res = CliRunner().invoke(app, ["bench", "--quick", "--only", "screen-probe,floor", "--threads", "1,2",
+                                   "--contenders", "skilled", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert res.output == "report text\n"
+    assert calls == [("quick", {"only": "screen-probe,floor", "threads": "1,2", "model": None,
+                                "out": tmp_path / "r", "contenders": "skilled"})]
+    assert sys.path == path_before
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--threads", "one"], "--threads", "comma-separated positive integers"),
+    (["--threads", "0"], "--threads", "positive integers"),
+    (["--only", "eval-sweep,nope"], "--only", "unknown workload(s) nope"),
+    (["--quick", "--sizes", "48"], "--sizes", "not in the quick plan"),
+])
+def test_bad_option_is_one_line_naming_it_before_any_work(tmp_path, capsys, args, option, words):
+    out = tmp_path / "results"
+    assert bench_main.main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: bench: {option}: ") and words in err[0], err
+    assert not out.exists()                       # refused before anything ran or was written
 
 
 def test_fd_penalty_mode_exact_unchanged_and_fd_trains():
@@ -149,3 +188,34 @@ def test_fd_penalty_mode_exact_unchanged_and_fd_trains():
     assert all(p.grad is not None for p in model.parameters())
     with pytest.raises(Exception, match="penalty-mode"):
         TrainConfig(penalty_mode="nope").validate()
+
+
+def test_cli_loads_the_suite_from_the_clone_without_sys_path_and_refuses_a_shadow(tmp_path, monkeypatch):
+    import types
+
+    import recapfast.cli.bench as bench_cli
+    from recapfast.errors import UserError
+
+    def bench_modules():
+        return {n: m for n, m in sys.modules.items() if n == "bench" or n.startswith("bench.")}
+
+    saved = bench_modules()
+    for name in saved:
+        del sys.modules[name]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    path_before = list(sys.path)
+    try:
+        suite = bench_cli._import_bench()             # not importable by name: loaded from the clone's folder
+        assert Path(suite.__file__).resolve() == ROOT / "bench" / "__main__.py" and "screen-probe" in suite.WORKLOADS
+        assert sys.path == path_before
+        shadow = types.ModuleType("bench")
+        shadow.__path__ = [str(tmp_path)]
+        for name in bench_modules():
+            del sys.modules[name]
+        sys.modules["bench"] = shadow
+        with pytest.raises(UserError, match="shadows recapfast's benchmark suite"):
+            bench_cli._import_bench()
+    finally:
+        for name in bench_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)
