@@ -15,9 +15,7 @@ the penalty's gradient reaches the weights (double backprop).  Pixel units: imag
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -31,7 +29,8 @@ from recapfast.io import atomic
 from recapfast.attacks.single_step import eval_mode, input_gradients
 from recapfast.runtime import settings as runtime_settings
 from recapfast.models.archs import ARCHS, build
-from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
+from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, discover, make_loader
+from recapfast.data.splits import holdout_split, manifest_hash
 from recapfast.engine import distributed
 from recapfast.engine.evaluate import Evaluator
 from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN
@@ -89,27 +88,6 @@ class TrainResult:
     best: dict
     history: list = field(default_factory=list)
     seconds: float = 0.0
-
-
-def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic per-class split: (train, held out)."""
-    train, held = [], []
-    for label in sorted({s.label for s in samples}):
-        group = [s for s in samples if s.label == label]
-        order = torch.randperm(len(group), generator=torch.Generator().manual_seed(seed + 7919 * label)).tolist()
-        cut = max(1, int(round(len(group) * fraction))) if len(group) > 1 else 0
-        held.extend(group[i] for i in sorted(order[:cut]))
-        train.extend(group[i] for i in sorted(order[cut:]))
-    return train, held
-
-
-def manifest_hash(samples: Sequence[Sample], root) -> str:
-    """sha256 of the sorted (relative path, byte size, label) list: identifies the training data."""
-    digest = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: s.path):
-        rel = os.path.relpath(s.path, root)
-        digest.update(f"{rel}\t{os.path.getsize(s.path)}\t{s.label}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
 
 
 class StepBatches:
@@ -283,7 +261,7 @@ def train(
     if val_dir is not None:
         train_samples, val_samples = samples, discover(val_dir, class_names)
     else:
-        train_samples, val_samples = split_samples(samples, config.val_fraction, config.seed)
+        train_samples, val_samples = holdout_split(samples, config.val_fraction, config.seed)
     if len({s.label for s in train_samples}) < 2:
         raise DataError(f"{train_dir}: training needs images of both classes ({' and '.join(class_names)})")
     device = torch.device(device)
