@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from recapfast.io import atomic
-from recapfast.attacks.single_step import eval_mode, input_gradients
+from recapfast.attacks.single_step import input_gradients, signed_step
 from recapfast.runtime import settings as runtime_settings
 from recapfast.models.archs import ARCHS, build
 from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, discover, make_loader
@@ -120,15 +120,18 @@ class StepBatches:
             yield self.indices(step)
 
 
-def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The first ``len(eps)`` images replaced by FGSM images at their own eps, on the uint8 grid."""
+def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+                     grad: torch.Tensor | None = None) -> torch.Tensor:
+    """The first ``len(eps)`` images replaced by FGSM images at their own eps, on the uint8 grid.
+
+    ``grad``: their FGSM input gradient when already computed (else taken here, eval mode, on those images).
+    """
     k = int(eps.numel())
     if k == 0:
         return x
-    _, grads = input_gradients(model, x[:k], y[:k], ("fgsm",))
-    eps = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)   # no host sync
-    adv = torch.round(torch.clamp(x[:k] + eps * torch.sign(grads["fgsm"]), 0.0, 255.0))
-    return torch.cat([adv, x[k:]])
+    if grad is None:
+        grad = input_gradients(model, x[:k], y[:k], ("fgsm",))[1]["fgsm"]
+    return torch.cat([signed_step(x[:k], grad[:k], eps), x[k:]])      # per-image eps: no host sync
 
 
 def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -176,14 +179,9 @@ def fd_robust_loss(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: t
     for them too, d is the clean image's gradient direction (an approximation: exact mode
     penalizes the gradient at the FGSM image).  Cost: one input-gradient pass + one plain step.
     """
-    k = int(eps.numel())
     # The direction pass is the FGSM input gradient (eval mode), on the fast path for a LaplacianCNN.
     g = input_gradients(model, x, y, ("fgsm",))[1]["fgsm"]
-    xb = x
-    if k:
-        step = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)
-        adv = torch.round(torch.clamp(x[:k] + step * torch.sign(g[:k]), 0.0, 255.0))
-        xb = torch.cat([adv, x[k:]])
+    xb = fgsm_mixed_batch(model, x, y, eps, grad=g)
     norm = g.flatten(1).norm(dim=1)
     direction = g / norm.clamp_min(1e-30).view(-1, 1, 1, 1)
     ce = F.cross_entropy(model(xb + penalty * direction), y, reduction="none")
