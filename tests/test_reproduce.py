@@ -15,7 +15,7 @@ from recapfast.reporting import reproduce as rp
 from recapfast.reporting.paper import findings
 from recapfast.reporting.provenance import git_commit
 from recapfast.reporting.repro_config import ReproduceConfig, ReproduceError
-from recapfast.reporting.repro_data import split_counts, split_samples
+from recapfast.data.splits import split_counts, split_samples
 from recapfast.cli import app
 from recapfast.data.folder import Sample
 

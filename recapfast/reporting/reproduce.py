@@ -14,7 +14,7 @@ Bulky things (images, split folders, checkpoints) live under ``OUT/work/``, whic
 excludes, so OUT itself stays small enough to commit.
 
 This module is the workflow; its parts live beside it: ``repro_config`` (settings, ``state.json``,
-resume), ``repro_data`` (data manifest, split), ``paper`` (the paper's numbers and findings (a)-(d)),
+resume), ``paper`` (the paper's numbers and findings (a)-(d)),
 ``provenance`` (commit, machine, command) and ``reproduction`` (``report.md``).
 """
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from recapfast.data.folder import CLASS_NAMES, discover
+from recapfast.data.splits import data_manifest, materialize_split, split_samples
 from recapfast.io import atomic
 from recapfast.reporting.paper import (ATTACKS, CLEAN_DROP_MAX, EPS, GRID_EPS, LOSS_FRACTION, MODELS, PAPER_ADVERSARIAL,
                                        PAPER_CLEAN, RECOVERY_MIN, TIE_TOLERANCE, findings)
 from recapfast.reporting.provenance import cli_command, git_commit, machine_info
 from recapfast.reporting.repro_config import ReproduceConfig, ReproduceError, RunState, prepare_out, write_json_atomic
-from recapfast.reporting.repro_data import data_manifest, materialize_split, split_samples
 from recapfast.reporting.reproduction import render_report
 
 
@@ -65,12 +65,14 @@ def _use_model(source: str, ckpt: Path) -> dict:
     from recapfast.io.checkpoint import config_path, read_config, resolve
 
     src = resolve(source)
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, ckpt)
-    shutil.copyfile(config_path(src), ckpt.with_suffix(".json"))
-    meta = read_config(src)
     with open(src, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest()
+        weights = fh.read()
+    with open(config_path(src), "rb") as fh:
+        config = fh.read()
+    meta = read_config(src)
+    atomic.write_file(ckpt, weights, mkdir=True)
+    atomic.write_file(ckpt.with_suffix(".json"), config)
+    digest = hashlib.sha256(weights).hexdigest()
     return {"iterations": (meta.get("metrics") or {}).get("iteration", 0), "trained_here": False,
             "source": source, "sha256": digest, "best": meta.get("metrics") or {},
             "settings": meta.get("training") or {}}
