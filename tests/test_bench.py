@@ -27,7 +27,7 @@ TINY = {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "scaling
 
 @pytest.fixture
 def tiny_suite(tmp_path, monkeypatch):
-    from recapfast.io.checkpoint import save_checkpoint
+    from recapfast.models.checkpoint import save_checkpoint
 
     monkeypatch.setenv("RECAPFAST_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench_main, "plan", lambda mode: TINY)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.io import checkpoint
+from recapfast.models import checkpoint
 from recapfast.io.checkpoint_check import CheckpointError, read_header
 from recapfast.models.archs import build
 from recapfast.models.zoo import load_detector, save_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.engine import distributed
+from recapfast import distributed
 from recapfast.engine.screen import ScreenConfig, screen_folder
 
 from screen_helpers import env, read_jsonl, save_tiny_model, write_images

@@ -11,10 +11,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from recapfast.reporting import reproduce as rp
-from recapfast.reporting.paper import findings
-from recapfast.reporting.provenance import git_commit
-from recapfast.reporting.repro_config import ReproduceConfig, ReproduceError
+from recapfast.reproduction import run as rp
+from recapfast.reproduction.paper import findings
+from recapfast.reproduction.provenance import git_commit
+from recapfast.reproduction.config import ReproduceConfig, ReproduceError
 from recapfast.data.splits import split_counts, split_samples
 from recapfast.cli import app
 from recapfast.data.folder import Sample

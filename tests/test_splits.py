@@ -69,7 +69,7 @@ def test_reproduce_split_is_the_former_reproduce_split(counts, seed):
 
 
 def test_reproduce_module_uses_the_shared_split():
-    from recapfast.reporting import reproduce as rp
+    from recapfast.reproduction import run as rp
 
     assert rp.split_samples is split_samples and rp.data_manifest is data_manifest
     assert not hasattr(train_mod, "split_samples") and train_mod.manifest_hash is manifest_hash

@@ -9,7 +9,7 @@ import torch
 import recapfast as rf
 from recapfast.engine.evaluate import evaluate_folder
 from recapfast.attacks.iterative import iterative_attack
-from recapfast.attacks.transfer import transfer_matrix
+from recapfast.engine.transfer import transfer_matrix
 from recapfast.attacks.universal import load_patches
 
 from conftest import make_model
@@ -116,7 +116,7 @@ def test_transfer_reads_no_device_value_per_batch(small_model, synth_dir, monkey
     """Counts stay on the device until the end: transfer_matrix reads no tensor value inside the batch loop."""
     import sys
 
-    from recapfast.attacks import transfer as transfer_mod
+    from recapfast.engine import transfer as transfer_mod
 
     batches, reads = [], []
 

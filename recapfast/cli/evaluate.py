@@ -84,7 +84,7 @@ def eval_command(
         output_dir(heatmap, "--heatmap", force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
         check_new_file(path, force, option)
-    from recapfast.engine import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
+    from recapfast import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main

@@ -50,7 +50,7 @@ def transfer_command(
     from recapfast.attacks.single_step import ATTACKS
     from recapfast.data.folder import DataError, discover
     from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig
-    from recapfast.attacks.transfer import cross_model_matrix, transfer_matrix
+    from recapfast.engine.transfer import cross_model_matrix, transfer_matrix
     from recapfast.engine.trust import EXTRA_ATTACKS
     from recapfast.models.zoo import kind_of
     from ._models import convention, parse_attack_names, trust_config

@@ -305,7 +305,7 @@ def evaluate_folder(
     SSIM), "none" (accuracy only).
     """
     samples = discover(root, class_names) if samples is None else samples
-    from recapfast.engine import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
+    from recapfast import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
 
     samples = distributed.shard_list(samples)
     dataset = PatchDataset(samples, size, tile)

@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    from recapfast.io.checkpoint import load_model
+    from recapfast.models.checkpoint import load_model
     from recapfast.data.folder import PatchDataset, discover
 
     ap = argparse.ArgumentParser(prog="python -m recapfast.engine.flipdist", description=main.__doc__)

@@ -4,7 +4,7 @@
 
 - a bundled name (``baseline``, ``robust``; and ``bayar``, ``meso4`` when their weights are bundled),
 - a recapfast checkpoint ``PATH.safetensors`` (+ ``PATH.json``) of any architecture in
-  ``recapfast.models.archs`` (LaplacianCNN checkpoints go through ``recapfast.io.checkpoint.load_model``),
+  ``recapfast.models.archs`` (LaplacianCNN checkpoints go through ``recapfast.models.checkpoint.load_model``),
 - a ``torch.export`` program ``PATH.pt2`` (``torch.export.save``), loaded with ``torch.export.load``,
 - ``pkg.module:factory``: ``factory()`` is imported and called with no arguments and must return an
   ``nn.Module``; ``--weights W.safetensors`` then loads its state dict (strict; safetensors only).
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recapfast.io.checkpoint import BUNDLED, WEIGHTS_DIR, config_path, load_model, read_config
+from recapfast.models.checkpoint import BUNDLED, WEIGHTS_DIR, config_path, load_model, read_config
 from recapfast.io.checkpoint_check import MAX_WIDTH, CheckpointError, check_finite, check_tensors_match, read_header
 from recapfast.models.pixels import InputAdapter, InputConvention, two_class_logits
 
@@ -203,7 +203,7 @@ def load_detector(spec: str, device="cpu", weights=None, convention: InputConven
 
 def save_model(model: nn.Module, path, extra: dict | None = None) -> Path:
     """Any recapfast architecture as PATH.safetensors (config embedded) + PATH.json: ``save_checkpoint``."""
-    from recapfast.io.checkpoint import save_checkpoint
+    from recapfast.models.checkpoint import save_checkpoint
 
     return save_checkpoint(model, path, extra)
 

@@ -31,7 +31,7 @@ from recapfast.runtime import settings as runtime_settings
 from recapfast.models.archs import ARCHS, build
 from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, discover, make_loader
 from recapfast.data.splits import holdout_split, manifest_hash
-from recapfast.engine import distributed
+from recapfast import distributed
 from recapfast.engine.evaluate import Evaluator
 from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN
 

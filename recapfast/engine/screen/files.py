@@ -18,7 +18,7 @@ import torch
 
 from recapfast.data import header as imagehead
 from recapfast.data.folder import IMAGE_EXTENSIONS, DecodeError, decode, to_patches
-from recapfast.engine import distributed as dist_helpers
+from recapfast import distributed as dist_helpers
 from recapfast.engine.screen.config import ScreenConfig
 from recapfast.engine.screen.records import display_path, stat_key
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from recapfast.data.folder import DataError
-from recapfast.engine import distributed as dist_helpers
+from recapfast import distributed as dist_helpers
 from recapfast.engine.screen.config import ScreenConfig
 from recapfast.engine.screen.files import SCREEN_EXTENSIONS, FileItem, FileStream, iter_items
 from recapfast.engine.screen.probe import screen_batch

@@ -14,7 +14,7 @@ from pathlib import Path
 from recapfast.data.folder import DataError
 from recapfast.io import atomic
 from recapfast.models.laplacian import DEFAULT_WIDTHS
-from recapfast.reporting.paper import PAPER_SIZES
+from recapfast.reproduction.paper import PAPER_SIZES
 
 STATE_VERSION = 1
 

@@ -13,9 +13,9 @@ a rerun skips finished stages, and the training stages continue from their resum
 Bulky things (images, split folders, checkpoints) live under ``OUT/work/``, which ``OUT/.gitignore``
 excludes, so OUT itself stays small enough to commit.
 
-This module is the workflow; its parts live beside it: ``repro_config`` (settings, ``state.json``,
+This module is the workflow; its parts live beside it: ``config`` (settings, ``state.json``,
 resume), ``paper`` (the paper's numbers and findings (a)-(d)),
-``provenance`` (commit, machine, command) and ``reproduction`` (``report.md``).
+``provenance`` (commit, machine, command) and ``report`` (``report.md``).
 """
 from __future__ import annotations
 
@@ -32,11 +32,11 @@ from typing import Callable, Sequence
 from recapfast.data.folder import CLASS_NAMES, discover
 from recapfast.data.splits import data_manifest, materialize_split, split_samples
 from recapfast.io import atomic
-from recapfast.reporting.paper import (ATTACKS, CLEAN_DROP_MAX, EPS, GRID_EPS, LOSS_FRACTION, MODELS, PAPER_ADVERSARIAL,
+from recapfast.reproduction.paper import (ATTACKS, CLEAN_DROP_MAX, EPS, GRID_EPS, LOSS_FRACTION, MODELS, PAPER_ADVERSARIAL,
                                        PAPER_CLEAN, RECOVERY_MIN, TIE_TOLERANCE, findings)
-from recapfast.reporting.provenance import cli_command, git_commit, machine_info
-from recapfast.reporting.repro_config import ReproduceConfig, ReproduceError, RunState, prepare_out, write_json_atomic
-from recapfast.reporting.reproduction import render_report
+from recapfast.reproduction.provenance import cli_command, git_commit, machine_info
+from recapfast.reproduction.config import ReproduceConfig, ReproduceError, RunState, prepare_out, write_json_atomic
+from recapfast.reproduction.report import render_report
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _train_model(train_dir: Path, val_dir: Path, ckpt: Path, config, device, log
 
 def _use_model(source: str, ckpt: Path) -> dict:
     """--models: the training stage copies a given checkpoint (+ JSON) instead of training one."""
-    from recapfast.io.checkpoint import config_path, read_config, resolve
+    from recapfast.models.checkpoint import config_path, read_config, resolve
 
     src = resolve(source)
     with open(src, "rb") as fh:
@@ -238,7 +238,7 @@ def reproduce(
                     "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(cfg).items()}}
 
         def do_eval(size=size, split_root=split_root, ckpts=ckpts) -> dict:
-            from recapfast.io.checkpoint import load_model
+            from recapfast.models.checkpoint import load_model
             from recapfast.engine.evaluate import evaluate_folder
 
             evals = {}
@@ -250,7 +250,7 @@ def reproduce(
             return {"results": evals}
 
         def do_measure(size=size, split_root=split_root, ckpts=ckpts) -> dict:
-            from recapfast.io.checkpoint import load_model
+            from recapfast.models.checkpoint import load_model
             from recapfast.engine.flipdist import measure
 
             # the cap scales with the pixel count (BIM at 512 px costs 64x 64 px), at least 16 patches
@@ -260,7 +260,7 @@ def reproduce(
 
         def do_figures(size=size, split_root=split_root, ckpts=ckpts) -> dict:
             from recapfast.reporting import plots
-            from recapfast.io.checkpoint import load_model
+            from recapfast.models.checkpoint import load_model
 
             ev = state.get(f"{size}/eval")["results"]
             plot_dir = out / "plots"

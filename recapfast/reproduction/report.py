@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from recapfast.reporting.paper import ATTACKS, MODEL_TITLES, MODELS, PAPER_ADVERSARIAL, PAPER_CLEAN, PAPER_SIZES
+from recapfast.reproduction.paper import ATTACKS, MODEL_TITLES, MODELS, PAPER_ADVERSARIAL, PAPER_CLEAN, PAPER_SIZES
 from recapfast.data.splits import SPLIT_NAMES
 from recapfast.reporting.tables import _table, pct
 
