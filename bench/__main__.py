@@ -1,7 +1,7 @@
 """recapfast benchmark suite: recapfast vs a skilled 20-line PyTorch script, torchattacks, foolbox and ART.
 
     python -m bench [--quick | --full] [--only WORKLOADS] [--threads 1,2] [--contenders ...]
-    recapfast bench ...          (the same suite, from a source checkout)
+    recapfast bench ...          (the same suite, from a source checkout: it calls `run`)
 
 Writes bench/results/<machine>.json and .md (method and the performance work: bench/NOTES.md;
 `python -m bench.readme` prints the README section from the committed file).
@@ -60,6 +60,42 @@ def kernels_workload(sizes, reps: int, threads: int) -> dict:
     return {"reps": reps, "threads": threads, "rows": rows}
 
 
+class OptionError(ValueError):
+    """A bad option value, found before any work: ``option`` names it (``--only``), ``message`` says what is allowed."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"{option}: {message}")
+        self.option, self.message = option, message
+
+
+def parse_list(text: str | None, cast=str, option: str | None = None) -> list | None:
+    """A comma-separated option text as a list (None when not given); OptionError naming ``option`` for a bad item."""
+    try:
+        return [cast(v.strip()) for v in text.split(",") if v.strip()] if text else None
+    except ValueError as err:
+        raise OptionError(option or "option", f"{text!r}: give comma-separated positive integers") from err
+
+
+def check_options(only, threads) -> None:
+    """OptionError for an unknown workload or a thread count below 1."""
+    bad = [w for w in only or [] if w not in WORKLOADS]
+    if bad:
+        raise OptionError("--only", f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(WORKLOADS)}")
+    if any(t < 1 for t in threads or []):
+        raise OptionError("--threads", f"{','.join(map(str, threads))}: give comma-separated positive integers")
+
+
+def run(mode: str = "default", only: str | None = None, threads: str | None = None, model: str | None = None,
+        out: str | Path | None = None, contenders: str | None = None, sizes: str | None = None) -> str:
+    """The suite from its options as typed (``only``, ``threads``, ``contenders``, ``sizes``: comma-separated
+    texts); returns the results' markdown.  Bad values raise OptionError (naming the option) before any work."""
+    only_list, thread_counts = parse_list(only, option="--only"), parse_list(threads, int, "--threads")
+    size_list = parse_list(sizes, int, "--sizes")
+    _, path = run_suite(mode, only_list, thread_counts, model, out, parse_list(contenders, option="--contenders"),
+                        sizes=size_list)
+    return path.with_suffix(".md").read_text()
+
+
 def run_suite(mode: str = "default", only=None, threads=None, model_path: str | None = None,
               out_dir: Path | None = None, contender_names=None, stamp: bool = True,
               sizes=None) -> tuple[dict, Path]:
@@ -71,20 +107,16 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
     from . import data_pipeline, eval_sweep, floor, peers, scaling, screen_probe, train_step
     from .report import markdown
 
+    check_options(only, threads)
     only = list(only or WORKLOADS)
-    bad = [w for w in only if w not in WORKLOADS]
-    if bad:
-        raise ValueError(f"bench: unknown workload(s) {', '.join(bad)}; choose from {', '.join(WORKLOADS)}")
     p = plan(mode)
     if sizes:
         bad_sizes = [z for z in sizes if z not in p["counts"]]
         if bad_sizes:
-            raise ValueError(f"bench: --sizes {bad_sizes} not in the {mode} plan ({', '.join(map(str, p['sizes']))})")
+            raise OptionError("--sizes", f"{bad_sizes} not in the {mode} plan ({', '.join(map(str, p['sizes']))})")
         p = dict(p, sizes=tuple(sizes))
     cores = os.cpu_count() or 1
     threads = list(threads or sorted({1, cores}))
-    if any(t < 1 for t in threads):
-        raise ValueError(f"bench: --threads must be positive integers, got {threads}")
     main_threads = threads[0]
     torch.manual_seed(0)
     meta = common.machine_meta("cpu", threads, mode)
@@ -143,10 +175,6 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
     return results, json_path
 
 
-def parse_list(text: str | None, cast=str) -> list | None:
-    return [cast(v.strip()) for v in text.split(",") if v.strip()] if text else None
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     size = parser.add_mutually_exclusive_group()
@@ -163,12 +191,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
     try:
-        results, path = run_suite(mode, parse_list(args.only), parse_list(args.threads, int), args.model, args.out,
-                                  parse_list(args.contenders), sizes=parse_list(args.sizes, int))
+        report = run(mode, args.only, args.threads, args.model, args.out, args.contenders, args.sizes)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: bench: {err}", file=sys.stderr)
         return 1
-    sys.stdout.write(path.with_suffix(".md").read_text())
+    sys.stdout.write(report)
     return 0
 
 

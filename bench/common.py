@@ -138,15 +138,14 @@ def summary(samples: dict[str, list[float]], items: int | None = None) -> dict:
 def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
     """A labelled PNG folder of ``count`` originals + ``count`` recaptures at ``size`` px (cached)."""
     from recapfast.data.synth import synthesize
+    from recapfast.io.atomic import publish_dir
 
     root = cache_dir() / f"synth-{size}px-{count}x2-seed{seed}"
     if (root / "manifest.json").is_file():
         return root
-    tmp = root.with_name(root.name + f".tmp{os.getpid()}")
     log(f"bench: synthesizing {2 * count} PNGs at {size} px into {root} (cached for later runs)")
     t0 = time.perf_counter()
-    synthesize(tmp, size=size, count=count, seed=seed)
-    os.replace(tmp, root) if not root.exists() else None
+    publish_dir(root, lambda tmp: synthesize(tmp, size=size, count=count, seed=seed))
     log(f"bench: synthesized in {time.perf_counter() - t0:.0f} s")
     return root
 

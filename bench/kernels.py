@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from recapfast import ops
+from recapfast.io.atomic import write_text
 
 EPS = [1.0, 2.0, 3.0, 4.0, 5.0]
 SIGNS = [1.0] * len(EPS)
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
     }
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"kernels-{slug}.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    write_text(out_dir / f"kernels-{slug}.json", json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     lines = [
         f"# recapfast kernels vs PyTorch reference — {meta['machine']}",
         "",
@@ -152,7 +153,7 @@ def main(argv=None) -> int:
           for r in rows),
         "",
     ]
-    (out_dir / f"kernels-{slug}.md").write_text("\n".join(lines))
+    write_text(out_dir / f"kernels-{slug}.md", "\n".join(lines))
     print(f"wrote {out_dir / f'kernels-{slug}.json'} and .md", file=sys.stderr)
     return 0
 

@@ -115,6 +115,13 @@ def _floor_lines(fl: dict) -> list[str]:
             f"({100 * e['plain_share_of_floor']:.0f}%)" for e in fl["sizes"]]
 
 
+def _timed_section(title: str, setup: str, workload: dict, columns: list[str]) -> list[str]:
+    """Heading, the setup sentence (ending in the workload's thread count and repetitions) and the header of a
+    table whose first column is text and the others numbers."""
+    return [f"## {title}", "", f"{setup}, {workload['threads']} thread(s); median of {workload['reps']}.", "",
+            "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+
+
 def markdown(results: dict) -> str:
     m, w = results["meta"], results["workloads"]
     L = [f"# recapfast benchmark — {m['machine']} ({m['cores']} cores)", "",
@@ -199,9 +206,8 @@ def markdown(results: dict) -> str:
         L.append("")
     ts = w.get("train_step")
     if ts:
-        L += ["## Training step", "", f"Batch {ts['batch']}, {ts['size']} px, Adam, op backend {ts.get('backend')}, "
-              f"{ts['threads']} thread(s); median of {ts['reps']}.", "",
-              "| mode | CPU ms/step | wall ms/step | vs plain (CPU) | target |", "|---|---:|---:|---:|---:|"]
+        L += _timed_section("Training step", f"Batch {ts['batch']}, {ts['size']} px, Adam, op backend {ts.get('backend')}",
+                            ts, ["mode", "CPU ms/step", "wall ms/step", "vs plain (CPU)", "target"])
         for r in ts["rows"]:
             tgt = ts["targets"].get(r["mode"])
             L.append(f"| {r['mode']} | {r['cpu_ms_per_step']} | {r['wall_ms_per_step']} | {r['ratio_vs_plain']:.2f}x | "
@@ -219,9 +225,8 @@ def markdown(results: dict) -> str:
         L.append("")
     sp = w.get("screen_probe")
     if sp:
-        L += ["## Screening with probes", "", f"{sp['images']} images of {sp['size']} px, {sp['tile']} px tiles, "
-              f"{sp['threads']} thread(s); median of {sp['reps']}.", "",
-              "| run | CPU s | wall s | system s |", "|---|---:|---:|---:|"]
+        L += _timed_section("Screening with probes", f"{sp['images']} images of {sp['size']} px, {sp['tile']} px tiles",
+                            sp, ["run", "CPU s", "wall s", "system s"])
         L += [f"| {name} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['sys_s']:.3f} |" for name, r in sp["rows"].items()]
         L += ["", f"Probing costs {sp['probe_over_plain']:.2f}x the plain screen (CPU).", ""]
     fl = w.get("floor")

@@ -19,7 +19,7 @@ from recapfast.attacks import iterative as _iterative
 from recapfast.attacks import square as _square
 from recapfast.attacks.single_step import SweepResult
 from recapfast.models.laplacian import LaplacianCNN
-from recapfast.io.checkpoint import load_model, save_checkpoint
+from recapfast.models.checkpoint import load_model, save_checkpoint
 from recapfast.metrics import psnr, ssim
 from recapfast.models.pixels import pixel_api
 from recapfast.models.zoo import load_detector

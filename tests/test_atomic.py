@@ -6,6 +6,8 @@ Issue 12: a symlink planted at `r.summary.json.tmp` or `original/000000.png.tmp`
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -139,3 +141,46 @@ def test_append_file_cuts_a_failed_batch_back(tmp_path, monkeypatch):
     with pytest.raises(OutputError, match="symbolic link"):
         AppendFile(link)
     assert not (tmp_path / "victim").exists()
+
+
+def test_publish_dir_appears_complete_or_not_at_all(tmp_path):
+    dest = tmp_path / "cache" / "set"
+
+    def fill(folder):
+        (folder / "a.txt").write_text("a")
+        (folder / "manifest.json").write_text("{}")
+
+    assert atomic.publish_dir(dest, fill) is True
+    assert sorted(p.name for p in dest.iterdir()) == ["a.txt", "manifest.json"]
+    assert atomic.publish_dir(dest, lambda folder: (folder / "b.txt").write_text("b")) is False   # already there
+    assert sorted(p.name for p in dest.iterdir()) == ["a.txt", "manifest.json"]
+
+    def half(folder):
+        (folder / "a.txt").write_text("a")
+        raise RuntimeError("killed half-way")
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        atomic.publish_dir(tmp_path / "cache" / "other", half)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["set"]       # no temp folder, no half set
+
+
+# Writers of files the user or a later run reads must go through recapfast.io.atomic (issue 15: "one atomic
+# writer").
+HAND_ROLLED = re.compile(r"os\.replace\(|os\.rename\(|\.rename\(|open\([^)\n]*[\"'][wax]b?\+?[\"']|"
+                         r"(?<!atomic)\.write_text\(|\.write_bytes\(|shutil\.copy|mkstemp|NamedTemporaryFile")
+ALLOWED: set = set()
+
+
+def test_no_hand_rolled_writer_left_in_the_package_or_bench():
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for folder in ("recapfast", "bench"):
+        for path in sorted((root / folder).rglob("*.py")):
+            rel = path.relative_to(root).as_posix()
+            if rel == "recapfast/io/atomic.py":
+                continue
+            for lineno, line in enumerate(path.read_text().splitlines(), 1):
+                m = HAND_ROLLED.search(line)
+                if m and (rel, m.group(0)) not in ALLOWED and not line.lstrip().startswith("#"):
+                    found.append(f"{rel}:{lineno}: {line.strip()}")
+    assert not found, "write through recapfast.io.atomic instead:\n" + "\n".join(found)

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import recapfast as rf
 import recapfast.engine.export as export_mod
+from recapfast.attacks.iterative import run_attack
 from recapfast.cli import app
 from recapfast.data.folder import decode, to_patches
 
@@ -117,7 +118,7 @@ def test_iterative_attacks_match_the_library(model_path, data, tmp_path, attack)
     files = sorted(p for p in data.rglob("*.png") if "broken" not in p.name)
     x = torch.cat([to_patches(decode(p)[0], 32) for p in files])
     y = torch.tensor([0 if p.parent.name == "original" else 1 for p in files])
-    expect = rf.iterative.run_attack(model, x, y, 3.0, attack).to(torch.uint8)
+    expect = run_attack(model, x, y, 3.0, attack).to(torch.uint8)
     got = torch.stack([torch.from_numpy(np.array(Image.open(out / p.relative_to(data)))).permute(2, 0, 1)
                        for p in files])
     assert torch.equal(got, expect)

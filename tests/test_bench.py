@@ -28,7 +28,7 @@ TINY = {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "scaling
 
 @pytest.fixture
 def tiny_suite(tmp_path, monkeypatch):
-    from recapfast.io.checkpoint import save_checkpoint
+    from recapfast.models.checkpoint import save_checkpoint
 
     monkeypatch.setenv("RECAPFAST_BENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(bench_main, "plan", lambda mode: TINY)
@@ -121,6 +121,45 @@ def test_cli_rejects_unknown_workload():
 
     res = CliRunner().invoke(app, ["bench", "--only", "nonsense"])
     assert res.exit_code == 1
+    assert "--only" in res.output and "unknown workload(s) nonsense" in res.output
+
+
+def test_cli_calls_the_suite_function_with_its_options(tmp_path, monkeypatch):
+    """`recapfast bench` hands its options to bench.__main__.run (no argv re-parsing, sys.path untouched)."""
+    from typer.testing import CliRunner
+
+    from recapfast.cli import app
+
+    calls = []
+
+    def fake_run(mode, **options):
+        calls.append((mode, options))
+        return "report text\n"
+
+    monkeypatch.setattr(bench_main, "run", fake_run)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    path_before = list(sys.path)
+    res = CliRunner().invoke(app, ["bench", "--quick", "--only", "screen-probe,floor", "--threads", "1,2",
+                                   "--contenders", "skilled", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    assert res.output == "report text\n"
+    assert calls == [("quick", {"only": "screen-probe,floor", "threads": "1,2", "model": None,
+                                "out": tmp_path / "r", "contenders": "skilled"})]
+    assert sys.path == path_before
+
+
+@pytest.mark.parametrize("args, option, words", [
+    (["--threads", "one"], "--threads", "comma-separated positive integers"),
+    (["--threads", "0"], "--threads", "positive integers"),
+    (["--only", "eval-sweep,nope"], "--only", "unknown workload(s) nope"),
+    (["--quick", "--sizes", "48"], "--sizes", "not in the quick plan"),
+])
+def test_bad_option_is_one_line_naming_it_before_any_work(tmp_path, capsys, args, option, words):
+    out = tmp_path / "results"
+    assert bench_main.main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: bench: {option}: ") and words in err[0], err
+    assert not out.exists()                       # refused before anything ran or was written
 
 
 # -------------------------------------------------- the robust training loss against an independent reference
@@ -226,3 +265,34 @@ def test_training_loss_baseline_is_mean_cross_entropy_and_modes_are_checked():
     assert float(loss.detach()) == pytest.approx(ce.mean(), rel=1e-5) and float(stats["ce"]) == float(loss.detach())
     with pytest.raises(Exception, match="penalty-mode"):
         TrainConfig(penalty_mode="nope").validate()
+
+
+def test_cli_loads_the_suite_from_the_clone_without_sys_path_and_refuses_a_shadow(tmp_path, monkeypatch):
+    import types
+
+    import recapfast.cli.bench as bench_cli
+    from recapfast.errors import UserError
+
+    def bench_modules():
+        return {n: m for n, m in sys.modules.items() if n == "bench" or n.startswith("bench.")}
+
+    saved = bench_modules()
+    for name in saved:
+        del sys.modules[name]
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if Path(p or ".").resolve() != ROOT])
+    path_before = list(sys.path)
+    try:
+        suite = bench_cli._import_bench()             # not importable by name: loaded from the clone's folder
+        assert Path(suite.__file__).resolve() == ROOT / "bench" / "__main__.py" and "screen-probe" in suite.WORKLOADS
+        assert sys.path == path_before
+        shadow = types.ModuleType("bench")
+        shadow.__path__ = [str(tmp_path)]
+        for name in bench_modules():
+            del sys.modules[name]
+        sys.modules["bench"] = shadow
+        with pytest.raises(UserError, match="shadows recapfast's benchmark suite"):
+            bench_cli._import_bench()
+    finally:
+        for name in bench_modules():
+            del sys.modules[name]
+        sys.modules.update(saved)

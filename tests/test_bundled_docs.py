@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from recapfast.reporting import bundled as bundled_report
-from recapfast.io.checkpoint import read_config
+from recapfast.models.checkpoint import read_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bundled"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import recapfast as rf
-from recapfast.engine import distributed
+from recapfast import distributed
 from recapfast.engine.screen import ScreenConfig, screen_folder
 
 from screen_helpers import env, read_jsonl, save_tiny_model, write_images
@@ -113,3 +113,66 @@ def test_torchrun_train_loss_curve_matches_single_process(tmp_path, synth_dir, r
     diffs = [abs(a - b) for a, b in zip(dist_losses, single_losses)]
     assert max(diffs) <= LOSS_TOLERANCE_MAX and sum(diffs) / len(diffs) <= LOSS_TOLERANCE_MEAN, diffs
     assert rf.load_model(tmp_path / "dist.safetensors") is not None
+
+
+def test_evaluator_declares_its_summed_counters(small_model):
+    """Every tensor an Evaluator holds is declared in Evaluator.SUMMED, and only those are reduced."""
+    from recapfast.engine.evaluate import Evaluator
+
+    ev = Evaluator(small_model, [1, 2], ("fgsm", "llcm"))
+    tensors = {k for k, v in vars(ev).items() if isinstance(v, torch.Tensor)}
+    assert tensors == set(Evaluator.SUMMED)
+    assert [id(t) for t in distributed.summed_counters(ev)] == [id(getattr(ev, k)) for k in Evaluator.SUMMED]
+    assert distributed.reduce_evaluator(ev, 5, [], []) == (5, [], [])          # one rank: nothing changes
+
+
+def test_an_undeclared_tensor_on_the_evaluator_is_refused(small_model):
+    from recapfast.engine.evaluate import Evaluator
+
+    ev = Evaluator(small_model, [1], ("fgsm",))
+    ev.max_logit = torch.zeros(1)             # not additive: summing it over ranks would be wrong
+    with pytest.raises(TypeError, match=r"max_logit not in Evaluator\.SUMMED"):
+        distributed.reduce_evaluator(ev, 0, [], [])
+
+
+def _two_rank_reduce(rank: int, world: int, store: str, model, results) -> None:
+    import torch.distributed as dist
+
+    from recapfast.engine.evaluate import Evaluator
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        ev = Evaluator(model, [1], ("fgsm",))
+        ev.per_class += torch.tensor([rank + 1, 10 * (rank + 1)])
+        ev.linf_sum += 0.5 * (rank + 1)
+        files, errors, _ = distributed.reduce_evaluator(ev, rank + 2, [{"path": f"r{rank}"}], [])
+        bad = Evaluator(model, [1], ("fgsm",))
+        bad.max_logit = torch.full((1,), float(rank))
+        try:
+            distributed.reduce_evaluator(bad, 0, [], [])
+            refused = False
+        except TypeError:
+            refused = True
+        results.put((rank, ev.per_class.tolist(), ev.linf_sum.tolist(), files, [e["path"] for e in errors],
+                     bad.max_logit.tolist(), refused))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_sum_declared_counters_and_refuse_undeclared(tmp_path, small_model):
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    results = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_two_rank_reduce, args=(r, 2, str(tmp_path / "store"), small_model, results))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = sorted(results.get() for _ in range(2))
+    for rank, per_class, linf, files, errors, max_logit, refused in got:
+        assert per_class == [3, 30] and linf == [[1.5]] and files == 5 and errors == ["r0", "r1"]
+        assert refused and max_logit == [float(rank)]       # refused before any collective: left as it was

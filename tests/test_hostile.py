@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import recapfast.engine.screen as screen_mod
+import recapfast.engine.screen.files as screen_files
 from recapfast.engine.screen import ScreenConfig, iter_screen_files, screen_folder
 
 from screen_helpers import bomb_png, jpeg_bytes, png_bytes, read_jsonl
@@ -161,14 +161,14 @@ def test_unreadable_permission_gives_an_error_record(tiny, tmp_path, monkeypatch
     root.mkdir()
     for name in ("a.png", "b.png", "c.png"):
         (root / name).write_bytes(png_bytes(rgb()))
-    real = screen_mod.read_file
+    real = screen_files.read_file
 
     def denied(path, *args):  # root reads chmod-000 files, so the denial is simulated at the open
         if path.endswith("b.png"):
             raise PermissionError(errno.EACCES, "Permission denied", path)
         return real(path, *args)
 
-    monkeypatch.setattr(screen_mod, "read_file", denied)
+    monkeypatch.setattr(screen_files, "read_file", denied)
     out = tmp_path / "r.jsonl"
     screen_folder(tiny, root, out, ScreenConfig(size=32, probe_eps=()))
     recs = read_jsonl(out)

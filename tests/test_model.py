@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import recapfast as rf
-from recapfast.io.checkpoint import CheckpointError
+from recapfast.models.checkpoint import CheckpointError
 
 
 def test_structure_and_fixed_laplacian():

@@ -3,13 +3,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from recapfast.reporting import reproduce as rp
+from recapfast.reproduction import run as rp
+from recapfast.reproduction.paper import findings
+from recapfast.reproduction.provenance import git_commit
+from recapfast.reproduction.config import ReproduceConfig, ReproduceError
+from recapfast.data.splits import split_counts, split_samples
 from recapfast.cli import app
 from recapfast.data.folder import Sample
 
@@ -18,8 +24,8 @@ pytest.importorskip("matplotlib")
 TINY = dict(sizes=(32,), count=16, iters=4, lr=1e-3, widths=(4, 8, 8, 16, 16), eval_batch=16)
 
 
-def tiny_config(**overrides) -> rp.ReproduceConfig:
-    return rp.ReproduceConfig(**{**TINY, **overrides})
+def tiny_config(**overrides) -> ReproduceConfig:
+    return ReproduceConfig(**{**TINY, **overrides})
 
 
 def quiet(_msg: str) -> None:
@@ -64,18 +70,29 @@ def test_end_to_end_outputs(tiny_run):
     assert {p.name for p in out.iterdir()} == {".gitignore", "report.md", "results.json", "state.json", "plots", "work"}
 
 
+def test_results_name_the_commit_of_this_checkout(tiny_run):
+    out, _ = tiny_run
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the tests do not run from a git checkout")
+    git = json.loads((out / "results.json").read_text())["git"]
+    assert git["commit"] == head.stdout.strip() == git_commit()["commit"]
+    assert f"commit: {git['commit']}" in (out / "report.md").read_text()
+
+
 def test_split_is_deterministic_disjoint_40_10_50():
     samples = [Sample(f"/d/{'original' if c == 0 else 'recaptured'}/{i:04d}.png", c) for c in (0, 1) for i in range(200)]
-    parts = rp.split_samples(samples, seed=3)
-    again = rp.split_samples(list(reversed(samples)), seed=3)
+    parts = split_samples(samples, seed=3)
+    again = split_samples(list(reversed(samples)), seed=3)
     assert parts == again                                         # independent of input order
-    assert parts != rp.split_samples(samples, seed=4)
+    assert parts != split_samples(samples, seed=4)
     sets = {k: {s.path for s in v} for k, v in parts.items()}
     assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
     assert set().union(*sets.values()) == {s.path for s in samples}
     for c in (0, 1):
         assert [sum(1 for s in parts[k] if s.label == c) for k in ("train", "val", "test")] == [80, 20, 100]
-    assert rp.split_counts(33) == (13, 3, 17)
+    assert split_counts(33) == (13, 3, 17)
 
 
 def test_materialized_split_matches_lists(tiny_run):
@@ -146,10 +163,10 @@ def test_refuses_foreign_or_different_out(tmp_path, tiny_run):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(rp.ReproduceError, match="not empty"):
+    with pytest.raises(ReproduceError, match="not empty"):
         rp.reproduce(foreign, tiny_config(), workers=1, log=quiet)
     out, _ = tiny_run
-    with pytest.raises(rp.ReproduceError, match="other settings .*iters"):
+    with pytest.raises(ReproduceError, match="other settings .*iters"):
         rp.reproduce(out, tiny_config(iters=5), workers=1, log=quiet)
     runner = CliRunner()
     res = runner.invoke(app, ["reproduce", str(foreign), "--sizes", "32", "--count", "16", "--iters", "2"])
@@ -195,7 +212,7 @@ MEASURED = {m: {"patches": 10, "clean_correct": 8, "clean_wrong": 2, "eps": [1.0
 
 
 def test_findings_on_the_papers_numbers_all_hold():
-    f = rp.findings(PAPERLIKE, measured=MEASURED)
+    f = findings(PAPERLIKE, measured=MEASURED)
     assert all(f[k]["holds"] for k in "abcd")
     assert all(f[k]["explanation"] is None for k in "abcd")
 
@@ -209,7 +226,7 @@ def _variant(model, key, values):
 def test_findings_each_can_fail():
     # (a): the baseline keeps 60% under LLCM at eps 1 (limit 0.5 x 96.7%); the explanation states the
     # measured BIM flip distribution and the FGSM/LLCM agreement at that eps, nothing else
-    f = rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]), measured=MEASURED)
+    f = findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]), measured=MEASURED)
     assert not f["a"]["holds"] and "LLCM" in f["a"]["detail"]
     assert f["a"]["explanation"] == (
         "BIM-to-flip on 10 test patches (8 correct when clean): flips 75.0% at eps 1, 12.5% at eps 2, 0.0% at eps 3, "
@@ -218,18 +235,18 @@ def test_findings_each_can_fail():
         "when clean, FGSM made 0.0% and LLCM 100.0% correct")
     assert f["b"]["holds"]
     # without measurements a failing finding carries no explanation at all (nothing canned)
-    assert rp.findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]))["a"]["explanation"] is None
+    assert findings(_variant("baseline", "llcm", [0.60, 0.057, 0.052, 0.053, 0.069]))["a"]["explanation"] is None
     # (b): FGSM 2 points above LLCM at eps 3 fails; 1 point is within the stated tolerance
-    f = rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.072, 0.006, 0.026]), measured=MEASURED)
+    f = findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.072, 0.006, 0.026]), measured=MEASURED)
     assert not f["b"]["holds"] and "identical images on 70.0% of the patches at eps 3" in f["b"]["explanation"]
-    assert rp.findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.061, 0.006, 0.026]))["b"]["holds"]
+    assert findings(_variant("baseline", "fgsm", [0.028, 0.009, 0.061, 0.006, 0.026]))["b"]["holds"]
     # (c): clean drop of 5 points; or recovery below half in one cell
-    f = rp.findings(_variant("robust", "clean", 0.917), measured=MEASURED)
+    f = findings(_variant("robust", "clean", 0.917), measured=MEASURED)
     assert not f["c"]["holds"] and "(robust)" in f["c"]["explanation"] and "(-5.0 points)" in f["c"]["detail"]
-    f = rp.findings(_variant("robust", "llcm", [0.900, 0.916, 0.40, 0.933, 0.930]))
+    f = findings(_variant("robust", "llcm", [0.900, 0.916, 0.40, 0.933, 0.930]))
     assert not f["c"]["holds"] and "LLCM, eps 3" in f["c"]["detail"]
     # (d): the robust model resists LLCM better
-    f = rp.findings(_variant("robust", "llcm", [0.95, 0.96, 0.97, 0.97, 0.97]), measured=MEASURED)
+    f = findings(_variant("robust", "llcm", [0.95, 0.96, 0.97, 0.97, 0.97]), measured=MEASURED)
     assert not f["d"]["holds"] and "80.0% of the patches at eps 2" in f["d"]["explanation"]
 
 
@@ -278,7 +295,7 @@ def test_tile_based_training_and_per_size_counts(tmp_path):
     assert data["sizes"]["16"]["data"]["manifest"]["per_class"] == [10, 10]
     assert data["sizes"]["16"]["split"]["train_tiles"] is None                # tile == size: no tiling
     assert "tile-based training" in (out / "report.md").read_text() and result.ran[-1] == "16/figures"
-    with pytest.raises(rp.ReproduceError, match="--count"):
+    with pytest.raises(ReproduceError, match="--count"):
         rp.reproduce(tmp_path / "o2", tiny_config(sizes=(32, 16), count=(12, 10, 8)), workers=1, log=quiet)
 
 
@@ -294,5 +311,5 @@ def test_models_option_evaluates_given_checkpoints(tiny_run, tmp_path):
         assert t["trained_here"] is False and t["source"] == path
         assert (out / "work" / "32" / f"{m}.safetensors").read_bytes() == open(path, "rb").read()
     assert "not trained by this run" in (out / "report.md").read_text()
-    with pytest.raises(rp.ReproduceError, match="--models"):
+    with pytest.raises(ReproduceError, match="--models"):
         rp.reproduce(tmp_path / "o2", tiny_config(models=given[:1]), workers=1, log=quiet)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from recapfast.data import synth
+from recapfast.data import synth, synth3
 from recapfast.models.laplacian import LaplacianCNN
 
 SIZE = 64
@@ -20,15 +20,42 @@ SIZE = 64
 # determinism and shapes
 # ------------------------------------------------------------------------------------------
 
+GENERATORS = pytest.mark.parametrize("generator", [synth, synth3], ids=["v2", "v3"])
+
+
+@GENERATORS
 @pytest.mark.parametrize("recaptured", [False, True])
-def test_render_is_deterministic_by_seed(recaptured):
-    a, pa = synth.render(SIZE, recaptured, np.random.default_rng(7))
-    b, pb = synth.render(SIZE, recaptured, np.random.default_rng(7))
-    c, _ = synth.render(SIZE, recaptured, np.random.default_rng(8))
-    assert a.tobytes() == b.tobytes()
-    assert pa == pb
+def test_render_is_deterministic_by_seed(generator, recaptured):
+    a, pa = generator.render(SIZE, recaptured, np.random.default_rng(7))
+    b, pb = generator.render(SIZE, recaptured, np.random.default_rng(7))
+    c, _ = generator.render(SIZE, recaptured, np.random.default_rng(8))
+    assert a.tobytes() == b.tobytes() and pa == pb
     assert a.tobytes() != c.tobytes()
+    assert a.shape == (SIZE, SIZE, 3) and a.dtype == np.uint8 and a.std() > 2.0
     json.dumps(pa)  # parameters are JSON-serialisable
+    assert pa["class"] == ("recaptured" if recaptured else "original")
+
+
+# sha256 of the uint8 pixels of render_indexed(size, label, index, seed=9) for size in (32, 37), label in (0, 1),
+# index in 0..2, concatenated in that order; computed with the generators as they were before they were split into
+# synth_scene/synth_optics (both classes, with and without the JPEG stage).  A data set is a pure function of its
+# seed: any change to these images must be a deliberate new GENERATOR_VERSION.
+PINNED_PIXELS = {
+    "v2": "46da9d48cd166df6bacb5392fc759b9a106e8097652ac7183d7255954a149fd2",
+    "v3": "f352208019857591958894e5a1b73b5174b7c9790559977226b0beb90aef973f",
+}
+
+
+@GENERATORS
+def test_fixed_seed_images_are_unchanged(generator):
+    digest = hashlib.sha256()
+    for size in (32, 37):
+        for label in (0, 1):
+            for index in range(3):
+                img, _ = generator.render_indexed(size, label, index, seed=9)
+                digest.update(img.tobytes())
+    version = "v2" if generator is synth else "v3"
+    assert digest.hexdigest() == PINNED_PIXELS[version], f"{generator.GENERATOR_VERSION} renders other images"
 
 
 @pytest.mark.parametrize("size", [64, 80, 37])
@@ -108,13 +135,18 @@ def dataset(tmp_path_factory):
     """600 originals + 600 recaptures at 64 px, interleaved (even index original, odd recaptured)."""
     out = tmp_path_factory.mktemp("synth") / "ds"
     man = synth.synthesize(out, size=SIZE, count=N_PER_CLASS, seed=2024, workers=2)
+    assert len(man["files"]) == 2 * N_PER_CLASS
+    return _read_interleaved(out, N_PER_CLASS)
+
+
+def _read_interleaved(out, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The images of a synthesized folder as (x [2 count, H, W, 3] uint8, labels), original i then recaptured i."""
     imgs, labels = [], []
-    for i in range(N_PER_CLASS):
+    for i in range(count):
         for label, cls in enumerate(synth.CLASS_DIRS):
             with Image.open(out / cls / f"{i:06d}.png") as im:
                 imgs.append(np.asarray(im))
             labels.append(label)
-    assert len(man["files"]) == 2 * N_PER_CLASS
     return np.stack(imgs), np.array(labels)
 
 

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 import recapfast as rf
-from recapfast.io.checkpoint import resolve
+from recapfast.models.checkpoint import resolve
 from recapfast.engine.evaluate import Evaluator
 from recapfast.attacks.universal import (UAP, UAPError, apply_uap, data_driven_uap, data_free_uap, fit, fooling_rate, load_patches,
                            load_uap, random_sign_uap, save_uap)

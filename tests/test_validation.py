@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 import recapfast as rf
-import recapfast.io.checkpoint as ckpt_mod
-from recapfast.io.checkpoint import CheckpointError, load_model
+import recapfast.models.checkpoint as ckpt_mod
+from recapfast.models.checkpoint import CheckpointError, load_model
 from recapfast.cli import app
 
 from conftest import make_model

@@ -36,7 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recapfast.attacks.single_step import SweepResult, _check_labels, _forward_chunks, eval_mode, least_likely_class
+from recapfast.attacks.single_step import (DEFAULT_EPS, SweepResult, _check_labels, _forward_chunks, eval_mode,
+                                          least_likely_class, predict_images)
 from recapfast.metrics import perturbation_stats
 
 ITERATIVE_ATTACKS = ("bim", "illc", "pgd", "mifgsm")
@@ -180,19 +181,11 @@ def run_attack(model, x, y, eps: float, attack: str, quantize: bool = True,
                             c.decay)
 
 
-def sweep_iterative(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    eps: Sequence[float] = (1, 2, 3, 4, 5),
-    attacks: Sequence[str] = ITERATIVE_ATTACKS,
-    quantize: bool = True,
-    config: IterativeConfig | None = None,
-    return_images: bool = False,
-    clean_logits: torch.Tensor | None = None,
-    max_forward_batch: int = 1024,
-    metrics: str = "fast",
-) -> SweepResult:
+def sweep_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: Sequence[float] = DEFAULT_EPS,
+                    attacks: Sequence[str] = ITERATIVE_ATTACKS, quantize: bool = True,
+                    config: IterativeConfig | None = None, return_images: bool = False,
+                    clean_logits: torch.Tensor | None = None, max_forward_batch: int = 1024,
+                    metrics: str = "fast") -> SweepResult:
     """Every (iterative attack, eps) prediction for one batch, as a :class:`SweepResult`.
 
     Each eps is attacked separately (the iterates depend on eps). Images are uint8 [E, B, 3, H, W]
@@ -206,17 +199,13 @@ def sweep_iterative(
         with eval_mode(model), torch.inference_mode():
             clean_logits = _forward_chunks(model, xf, max_forward_batch) if x.shape[0] else \
                 xf.new_empty((0, 2))
-    n_eps, batch = len(eps), x.shape[0]
     predictions, linf, l2, mse, images, ssim = {}, {}, {}, {}, {}, {}
     for name in attacks:
         if name not in ITERATIVE_ATTACKS:
             raise ValueError(f"unknown iterative attack {name!r}; choose from {', '.join(ITERATIVE_ATTACKS)}")
         advs = [run_attack(model, x, y, e, name, quantize, config) for e in eps]
         adv = torch.stack(advs) if advs else xf.new_empty((0, *xf.shape))
-        with eval_mode(model), torch.inference_mode():
-            logits = _forward_chunks(model, adv, max_forward_batch).reshape(n_eps, batch, -1) if adv.numel() else \
-                xf.new_empty((n_eps, batch, 2))
-        predictions[name] = logits.argmax(dim=-1)
+        predictions[name] = predict_images(model, adv, (len(eps),), x.shape[0], max_forward_batch)
         if quantize:
             adv = adv.to(torch.uint8)                 # on the grid already: exact
         stats = perturbation_stats(x, adv, metrics)

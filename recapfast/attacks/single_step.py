@@ -118,10 +118,40 @@ def autograd_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor 
     return logits.detach(), grads
 
 
+def signed_step(x: torch.Tensor, grad: torch.Tensor, eps: Sequence[float] | torch.Tensor, sign: float = 1.0,
+                quantize: bool = True) -> torch.Tensor:
+    """The one single-step perturbation: clip(x + sign * eps * sign(grad), 0, 255), rounded (half to even) to
+    the uint8 grid when ``quantize``.  FGSM is ``sign=+1``, LLCM ``sign=-1`` (:data:`ATTACK_SIGN`).
+
+    ``eps`` a sequence of E floats: [E, *x.shape] from one pass over x and grad (``recapfast.ops.perturb``,
+    the kernel), uint8 when ``quantize`` else float32.  ``eps`` a tensor of B per-image eps (training's
+    FGSM images; on any device, never read on the host): [B, *x.shape] float32, on the grid when ``quantize``.
+    Both compute in float32: x + float32(sign * eps) * sign(grad).
+    """
+    if not isinstance(eps, torch.Tensor):
+        eps = [float(e) for e in eps]
+        return ops.perturb(x.detach(), grad, eps, [float(sign)] * len(eps), quantize)
+    step = (float(sign) * eps).to(x.device, torch.float32, non_blocking=True).view(-1, *([1] * (x.dim() - 1)))
+    adv = torch.clamp(x.detach().to(torch.float32) + step * torch.sign(grad.detach().to(torch.float32)), 0.0, 255.0)
+    return torch.round(adv) if quantize else adv
+
+
+def shared_gradient_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: Sequence[float],
+                           attacks: Sequence[str], quantize: bool = True
+                           ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clean logits and {attack: [E, B, 3, H, W] adversarial images} of the single-step attacks (fgsm, llcm) at
+    every eps, from ONE input-gradient pass per batch (:func:`input_gradients`) and :func:`signed_step`."""
+    for name in attacks:
+        if name not in ATTACK_SIGN:
+            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    x = x.detach()
+    clean_logits, grads = input_gradients(model, x, y, attacks)
+    return clean_logits, {name: signed_step(x, grads[name], eps, ATTACK_SIGN[name], quantize) for name in attacks}
+
+
 def _single(model, x, y, eps, attack, quantize):
-    _, grads = input_gradients(model, x, y, (attack,))
-    out = ops.perturb(x.detach(), grads[attack], [float(eps)], [ATTACK_SIGN[attack]], quantize)[0]
-    return out.to(torch.float32)
+    _, adv = shared_gradient_images(model, x, y, [float(eps)], (attack,), quantize)
+    return adv[attack][0].to(torch.float32)
 
 
 def fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, quantize: bool = True) -> torch.Tensor:
@@ -191,44 +221,40 @@ def _forward_chunks(model: nn.Module, batches: torch.Tensor, chunk: int) -> torc
     return torch.cat(outs) if outs else flat.new_empty((0, 2), dtype=torch.float32)
 
 
-def sweep(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    eps: Sequence[float] = (1, 2, 3, 4, 5),
-    attacks: Sequence[str] = ATTACKS,
-    quantize: bool = True,
-    return_images: bool = False,
-    max_forward_batch: int = 1024,
-    metrics: str = "fast",
-) -> SweepResult:
+def predict_images(model: nn.Module, adv: torch.Tensor, shape: tuple, batch: int, max_forward_batch: int = 1024
+                   ) -> torch.Tensor:
+    """Predicted classes [*shape, batch] of the adversarial images ``adv`` (prod(shape) batches of ``batch``
+    images), in pure eval-mode forwards of at most ``max_forward_batch`` images (:func:`_forward_chunks`)."""
+    with eval_mode(model), torch.inference_mode():
+        if adv.numel():
+            return _forward_chunks(model, adv, max_forward_batch).reshape(*shape, batch, -1).argmax(dim=-1)
+    return torch.zeros((*shape, batch), dtype=torch.long, device=adv.device)
+
+
+DEFAULT_EPS = (1, 2, 3, 4, 5)
+
+
+def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: Sequence[float] = DEFAULT_EPS,
+          attacks: Sequence[str] = ATTACKS, quantize: bool = True, return_images: bool = False,
+          max_forward_batch: int = 1024, metrics: str = "fast") -> SweepResult:
     """Clean + every (attack, eps) prediction for one batch.
 
-    One forward and one backward pass give every attack's gradient (:func:`input_gradients`);
-    ``recapfast.ops.perturb`` writes all eps at once; the adversarial forwards of all attacks and
+    One forward and one backward pass give every attack's gradient, and ``recapfast.ops.perturb`` writes all
+    eps at once (:func:`shared_gradient_images`); the adversarial forwards of all attacks and
     eps run batched (chunks of ``max_forward_batch`` images) under ``inference_mode``.
     ``metrics``: "fast" (L-inf, L2, MSE; default), "full" (and SSIM), "none" (all NaN).
     """
     eps = [float(e) for e in eps]
     attacks = tuple(attacks)
-    for name in attacks:
-        if name not in ATTACK_SIGN:
-            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
     x = x.detach()
-    clean_logits, grads = input_gradients(model, x, y, attacks)
-    adv = {name: ops.perturb(x, grads[name], eps, [ATTACK_SIGN[name]] * len(eps), quantize) for name in attacks}
-    n_eps, batch = len(eps), x.shape[0]
+    clean_logits, adv = shared_gradient_images(model, x, y, eps, attacks, quantize)
+    shape = (len(attacks), len(eps))
     # [A * E, B, 3, H, W]: one batched forward pass and one metrics pass for every attack and eps
     stacked = torch.cat([adv[name] for name in attacks]) if len(attacks) > 1 else adv[attacks[0]] if attacks else \
         x.new_empty((0, *x.shape), dtype=torch.uint8 if quantize else torch.float32)
-    with eval_mode(model), torch.inference_mode():
-        if attacks and n_eps and batch:
-            logits = _forward_chunks(model, stacked, max_forward_batch).reshape(len(attacks), n_eps, batch, -1)
-        else:
-            logits = torch.empty((len(attacks), n_eps, batch, 2), device=x.device)
-    stats = {key: value.reshape(len(attacks), n_eps, batch)
-             for key, value in perturbation_stats(x, stacked, metrics).items()}
+    predictions = predict_images(model, stacked, shape, x.shape[0], max_forward_batch)
+    stats = {key: value.reshape(*shape, x.shape[0]) for key, value in perturbation_stats(x, stacked, metrics).items()}
     part = lambda key: {name: stats[key][i] for i, name in enumerate(attacks)}  # noqa: E731
     images = {name: adv[name] for name in attacks} if return_images else {}
-    return SweepResult(eps, clean_logits, {name: logits[i].argmax(dim=-1) for i, name in enumerate(attacks)},
+    return SweepResult(eps, clean_logits, {name: predictions[i] for i, name in enumerate(attacks)},
                        part("linf"), part("l2"), part("mse"), images, part("ssim"))

@@ -3,10 +3,13 @@
 The suite lives in the source checkout's ``bench/`` folder; it is not part of the wheel (its
 peers, results and notes belong to the repository).  ``recapfast bench`` finds it next to an
 editable install, or in the current folder when that is a clone (after ``pip install .``, run it
-from the clone's root); anywhere else it stops with one line saying so (exit code 1).
+from the clone's root), loads that folder as the package ``bench`` and calls its function API
+(``bench.__main__.run``); anywhere else it stops with one line saying so (exit code 1).
 """
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -26,20 +29,33 @@ def _is_suite(folder: Path) -> bool:
 
 
 def _import_bench():
-    """recapfast's bench/ package: beside the installed sources (editable install) or in the working folder."""
-    import importlib
+    """recapfast's bench/ package: beside the installed sources (editable install) or in the working folder.
 
-    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
-        if _is_suite(root):
-            break
-    else:
+    The folder is loaded as the package ``bench`` from its own path (``sys.path`` is left alone);
+    a ``bench`` imported from anywhere else is refused as a shadow.
+    """
+    root = next((r for r in (Path(__file__).resolve().parents[2], Path.cwd()) if _is_suite(r)), None)
+    if root is None:
         raise UserError("the benchmark suite is not installed with the package (it lives in the repository's "
                         "bench/ folder): run `recapfast bench` from the root of a clone of recapfast")
-    if str(root) not in sys.path:
-        sys.path.insert(0, str(root))
-    suite = importlib.import_module("bench.__main__")
-    if not hasattr(suite, "WORKLOADS") or not hasattr(suite, "main"):
-        raise UserError(f"{root / 'bench'}: another package named `bench` shadows recapfast's benchmark suite")
+    folder = (root / "bench").resolve()
+    package = sys.modules.get("bench")
+    if package is None:
+        spec = importlib.util.spec_from_file_location("bench", folder / "__init__.py",
+                                                      submodule_search_locations=[str(folder)])
+        package = importlib.util.module_from_spec(spec)
+        sys.modules["bench"] = package
+        try:
+            spec.loader.exec_module(package)
+        except BaseException:
+            del sys.modules["bench"]
+            raise
+    suite = None
+    if folder in (Path(p).resolve() for p in getattr(package, "__path__", ())):
+        suite = importlib.import_module("bench.__main__")
+    if not hasattr(suite, "WORKLOADS") or not hasattr(suite, "run"):
+        where = getattr(package, "__file__", None) or "bench"
+        raise UserError(f"{where}: another package named `bench` shadows recapfast's benchmark suite ({folder})")
     return suite
 
 
@@ -61,18 +77,11 @@ def bench_command(
     if quick and full:
         raise typer.BadParameter("choose one of --quick and --full", param_hint="--quick")
     suite = _import_bench()
-    only_list = suite.parse_list(only)
-    bad = [w for w in only_list or [] if w not in suite.WORKLOADS]
-    if bad:
-        raise typer.BadParameter(f"unknown workload(s) {', '.join(bad)}; choose from {', '.join(suite.WORKLOADS)}",
-                                 param_hint="--only")
     try:
-        thread_counts = suite.parse_list(threads, int)
-    except ValueError as err:
-        raise typer.BadParameter(f"{threads!r}: give comma-separated positive integers", param_hint="--threads") from err
-    try:
-        _, path = suite.run_suite("quick" if quick else "full" if full else "default", only_list, thread_counts,
-                                  str(model) if model else None, out, suite.parse_list(contenders))
+        report = suite.run("quick" if quick else "full" if full else "default", only=only, threads=threads,
+                           model=str(model) if model else None, out=out, contenders=contenders)
+    except suite.OptionError as err:
+        raise typer.BadParameter(err.message, param_hint=err.option) from err
     except ValueError as err:
         raise UserError(str(err)) from err
-    typer.echo(path.with_suffix(".md").read_text(), nl=False)
+    typer.echo(report, nl=False)

@@ -20,7 +20,7 @@ def demo_command(
     quiet: QuietOpt = False,
 ) -> None:
     """The main job on the bundled defaults: Tables 1-3 for the baseline and the robust model."""
-    from recapfast.io.checkpoint import load_model
+    from recapfast.models.checkpoint import load_model
     from recapfast.engine.evaluate import evaluate_folder
     from recapfast.data.synth_sets import synthesize     # generator v3, what the bundled models were trained on
 

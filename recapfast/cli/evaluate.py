@@ -69,7 +69,7 @@ def eval_command(
         output_dir(heatmap, "--heatmap", run.force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
         check_new_file(path, run.force, option)
-    from recapfast.engine import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
+    from recapfast import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
     dist_info = distributed.init(resolve_device(run.device))
     quiet = run.quiet or not dist_info.is_main

@@ -56,7 +56,8 @@ def reproduce_command(
     """Synthesize (or read) data per size, split 40/10/50, train Yang's baseline and the robust model,
     evaluate clean/FGSM/LLCM at eps 1..5, and write the report; rerun the same command to resume."""
     from recapfast.io.lock import lock_outputs
-    from recapfast.reporting.reproduce import ReproduceConfig, reproduce
+    from recapfast.reproduction.config import ReproduceConfig
+    from recapfast.reproduction.run import reproduce
     from recapfast.validate import number, output_dir
 
     if lr is not None:                          # None: the protocol's learning rate (below)

@@ -37,8 +37,8 @@ def screen_command(
     run: Options = RUN.but(batch_size=32),
 ) -> None:
     """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
-    from recapfast.engine import distributed
-    from recapfast.io.checkpoint import load_model
+    from recapfast import distributed
+    from recapfast.models.checkpoint import load_model
     from recapfast.engine.screen import ScreenConfig, screen_folder
 
     from recapfast.validate import number, output_file, parse_probe_eps

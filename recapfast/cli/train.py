@@ -71,7 +71,7 @@ def train_command(
     if resume and force:
         raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
     output_file(out, "--out", force=True)              # its folder exists, not a folder or symlink
-    from recapfast.engine import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
+    from recapfast import distributed  # torchrun: data-parallel ranks; rank 0 writes and prints
 
     dist_info = distributed.init(resolve_device(device))
     quiet = quiet or not dist_info.is_main

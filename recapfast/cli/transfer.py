@@ -42,7 +42,7 @@ def transfer_command(
     """Transferability matrix: accuracy of each model under perturbations crafted on the source model."""
     from recapfast.data.folder import DataError, discover
     from recapfast.attacks.iterative import IterativeConfig
-    from recapfast.attacks.transfer import cross_model_matrix, transfer_matrix
+    from recapfast.engine.transfer import cross_model_matrix, transfer_matrix
     from recapfast.models.zoo import kind_of
     from ._models import convention, parse_attack_eps, trust_config
 

@@ -28,7 +28,7 @@ def uap_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Make a universal adversarial perturbation with ||delta||_inf <= xi for every image (Huang et al. 2020)."""
-    from recapfast.io.checkpoint import load_model
+    from recapfast.models.checkpoint import load_model
     from recapfast.io.lock import lock_outputs
     from recapfast.attacks.universal import data_driven_uap, data_free_uap, load_patches, save_uap
     from recapfast.validate import check_xi, output_file

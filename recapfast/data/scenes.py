@@ -169,15 +169,15 @@ def export_sample_photos(out_dir) -> dict[str, list[str]]:
     """Copy the shipped sample photos into OUT/train/ (scene photos for ``recapfast synth --scenes``) and
     OUT/heldout/original/ (never-recaptured photos held out for checking that a detector calls real
     photographs original: a labelled folder for ``recapfast eval --tile``).  Returns the names per folder."""
-    import shutil
+    from recapfast.io import atomic
 
     out = {"train": [], "heldout": []}
     for path in sample_photo_paths():
         name = os.path.basename(path)
         part = "heldout" if name in HELDOUT_PHOTOS else "train"
         dest = os.path.join(os.fspath(out_dir), part, "original" if part == "heldout" else "", name)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copyfile(path, dest)
+        with open(path, "rb") as fh:
+            atomic.write_file(dest, fh.read(), mkdir=True, durable=False)
         out[part].append(name)
     if not out["train"]:
         raise DataError("no sample photos found: pip install scikit-image scikit-learn (the test extra)")

@@ -81,8 +81,8 @@ import math
 import numpy as np
 
 from recapfast.data import scenes as scene_io
-from recapfast.data.synth import (_draw_camera, _draw_scene, _expose, _f, _match_histograms, _render_scene,
-                    _sensor_and_finish, _sep_filter, _gauss_kernel, _blur)
+from recapfast.data.synth_optics import _blur, _draw_camera, _expose, _f, _match_histograms, _sensor_and_finish
+from recapfast.data.synth_scene import _draw_scene, _render_scene
 
 GENERATOR_VERSION = "recapfast.synth/3"
 CLASS_DIRS = ("original", "recaptured")

@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from recapfast.data.folder import DataError
+from recapfast.io import atomic
 
 GENERATORS = ("v3", "v2")
 CLASS_DIRS = ("original", "recaptured")
@@ -157,8 +158,7 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
             manifest["splits"][name] = {"count": n_split, "photos": [photos[i].name for i in idx],
                                         "procedural_share": share,
                                         "files": [res[j[1]] for j in sorted(jobs, key=lambda j: (j[3], j[1]))]}
-    with open(out / "manifest.json", "w") as fh:
-        json.dump(manifest, fh, indent=1)
+    atomic.write_text(out / "manifest.json", json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from recapfast.data.folder import CLASS_NAMES, Sample, decode
+from recapfast.io import atomic
 
 
 def write_tiles(samples: list[Sample], data_root: Path, out_root: Path, tile: int) -> int:
@@ -32,7 +33,8 @@ def write_tiles(samples: list[Sample], data_root: Path, out_root: Path, tile: in
         for r in range(rows):
             for c in range(cols):
                 patch = np.ascontiguousarray(img[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile])
-                Image.fromarray(patch, "RGB").save(out_root / CLASS_NAMES[s.label] / f"{stem}__r{r}c{c}.png")
+                atomic.write_file(out_root / CLASS_NAMES[s.label] / f"{stem}__r{r}c{c}.png", durable=False,
+                                  writer=lambda fh, p=patch: Image.fromarray(p, "RGB").save(fh, format="PNG"))
                 n += 1
     return n
 

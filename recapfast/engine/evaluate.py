@@ -113,6 +113,12 @@ class EvalResult:
 class Evaluator:
     """Accumulates sweep results batch by batch; ``result()`` reads the counters back once."""
 
+    # The on-device counters that ``distributed.reduce_evaluator`` sums over the ranks: each is a sum over the
+    # rank's own patches, so the sum over the ranks is the whole data set's.  A tensor attribute not named
+    # here makes that reduction refuse to run (nothing non-additive is ever summed by accident).
+    SUMMED = ("per_class", "clean_correct", "adv_correct", "flipped", "linf_sum", "l2_sum", "psnr_sum", "psnr_count",
+              "ssim_sum", "uap_correct", "uap_fooled", "uap_dist", "uap_changed")
+
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
                  attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
                  iterative: IterativeConfig | None = None, uap=None, metrics: str = "full", trust=None):
@@ -149,8 +155,8 @@ class Evaluator:
         self.uap_dist = z(4, dtype=torch.float64)      # sums of L-inf, L2, PSNR (changed patches), SSIM
         self.uap_changed = z(1)
         self.patch_size = 0
-        # apgd/square, detection metrics, masking checks, JPEG survival (recapfast.engine.trust); not a tensor, so
-        # distributed.reduce_evaluator leaves it to its own reduce().
+        # apgd/square, detection metrics, masking checks, JPEG survival (recapfast.engine.trust); not a tensor (and
+        # not in SUMMED), so distributed.reduce_evaluator leaves it to its own reduce().
         if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
             trust = TrustConfig(detection=False, gradients=False)
         self.trust = None if trust is None else \
@@ -299,7 +305,7 @@ def evaluate_folder(
     SSIM), "none" (accuracy only).
     """
     samples = discover(root, class_names) if samples is None else samples
-    from recapfast.engine import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
+    from recapfast import distributed  # under torchrun: this rank's files i % world == rank, counters summed below
 
     samples = distributed.shard_list(samples)
     dataset = PatchDataset(samples, size, tile)

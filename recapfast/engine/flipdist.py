@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     import argparse
     import json
 
-    from recapfast.io.checkpoint import load_model
+    from recapfast.models.checkpoint import load_model
     from recapfast.data.folder import PatchDataset, discover
 
     ap = argparse.ArgumentParser(prog="python -m recapfast.engine.flipdist", description=main.__doc__)
@@ -126,8 +126,9 @@ def main(argv=None) -> int:
     res = measure(load_model(args.model).eval(), x, y)
     print(flip_sentence(res))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(res, fh, indent=1)
+        from recapfast.io import atomic
+
+        atomic.write_text(args.json, json.dumps(res, indent=1))
     return 0
 
 

@@ -186,7 +186,7 @@ class TrustAccumulator:
 
     def reduce(self) -> None:
         """Under torchrun: sum the counters over the ranks and gather the scores (call once, on every rank)."""
-        from recapfast.engine import distributed
+        from recapfast import distributed
 
         if not distributed.current().enabled:
             return

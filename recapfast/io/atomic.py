@@ -6,7 +6,8 @@ file or symlink there is never opened), writes it, ``fsync``s it, renames it ont
 and ``fsync``s the folder: a reader sees the old file or the complete new one, never a torn one,
 also after a power loss.  ``AppendFile`` is the append-only counterpart for record logs (JSON
 Lines): ``O_APPEND | O_NOFOLLOW``, one ``write`` per line, ``fsync`` per batch, and a batch that
-fails half-way is cut back so the file keeps only complete lines.
+fails half-way is cut back so the file keeps only complete lines.  ``publish_dir`` is the same for a
+whole folder (filled under a random temp name beside it, then renamed into place).
 
 Symbolic links: the final name must not be a symlink (refused, never replaced or followed), and
 with ``root`` (the output folder) every folder between ``root`` and the file is opened with
@@ -213,6 +214,39 @@ def text_writer(fill: Callable, newline: str | None = None) -> Callable[[BinaryI
     return write
 
 
+def publish_dir(dest, build: Callable[[Path], None]) -> bool:
+    """Make folder ``dest`` appear complete or not at all: ``build(tmp)`` fills a fresh temp folder
+    (``.rf-<hex>.tmp`` beside ``dest``), which is then renamed onto ``dest``.  Returns False (and removes the
+    temp folder) when ``dest`` already exists, e.g. made meanwhile by a concurrent process; a failing
+    ``build`` leaves no temp folder behind."""
+    import shutil
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp"
+    with disk_errors(dest):
+        tmp.mkdir()
+        try:
+            build(tmp)
+            if dest.exists() or dest.is_symlink():
+                return False
+            try:
+                os.rename(tmp, dest)
+            except OSError as err:
+                if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    return False
+                raise
+            dfd = open_dir(dest.parent)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+            return True
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
 def remove(path, root=None) -> bool:
     """Unlink ``path`` (a symlink itself, never its target); folders below ``root`` not followed."""
     path = Path(path)
@@ -291,4 +325,4 @@ class AppendFile:
 
 
 __all__ = ["DISK_ERRNOS", "AppendFile", "DiskError", "OutputError", "disk_error", "disk_errors", "open_dir",
-           "remove", "text_writer", "write_file", "write_json", "write_text"]
+           "publish_dir", "remove", "text_writer", "write_file", "write_json", "write_text"]

@@ -114,7 +114,7 @@ def lock_outputs(*outputs) -> OutputLock:
     Returns the held lock (release it, or use it as a context manager, when the job is done);
     raises OutputError/DiskError on every rank when the outputs are taken.
     """
-    from recapfast.engine import distributed
+    from recapfast import distributed
 
     info = distributed.current()
     lock = OutputLock(outputs)

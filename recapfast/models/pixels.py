@@ -130,12 +130,11 @@ def pixel_api(fn):
 
 
 def _rescale(out):
-    from recapfast.attacks.single_step import SweepResult
-
-    if isinstance(out, SweepResult):
-        out.images = {k: v.to(torch.float32) / 255.0 for k, v in out.images.items()}
-        return out
-    return out.to(torch.float32) / 255.0
+    if isinstance(out, torch.Tensor):
+        return out.to(torch.float32) / 255.0
+    # a SweepResult (attacks.single_step, a layer above): its adversarial images come back in [0, 1]
+    out.images = {k: v.to(torch.float32) / 255.0 for k, v in out.images.items()}
+    return out
 
 
 __all__ = ["InputConvention", "InputAdapter", "two_class_logits", "check_pixel_range", "pixel_api",

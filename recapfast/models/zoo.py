@@ -4,7 +4,7 @@
 
 - a bundled name (``baseline``, ``robust``; and ``bayar``, ``meso4`` when their weights are bundled),
 - a recapfast checkpoint ``PATH.safetensors`` (+ ``PATH.json``) of any architecture in
-  ``recapfast.models.archs`` (LaplacianCNN checkpoints go through ``recapfast.io.checkpoint.load_model``),
+  ``recapfast.models.archs`` (LaplacianCNN checkpoints go through ``recapfast.models.checkpoint.load_model``),
 - a ``torch.export`` program ``PATH.pt2`` (``torch.export.save``), loaded with ``torch.export.load``,
 - ``pkg.module:factory``: ``factory()`` is imported and called with no arguments and must return an
   ``nn.Module``; ``--weights W.safetensors`` then loads its state dict (strict; safetensors only).
@@ -25,7 +25,6 @@ that size (zero-padded), and one exported for a fixed patch size needs that ``--
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import re
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from recapfast.io.checkpoint import BUNDLED, CONFIG_KEY, CONFIG_SHA_KEY, WEIGHTS_DIR, config_path, load_model, read_config
+from recapfast.models.checkpoint import BUNDLED, WEIGHTS_DIR, config_path, load_model, read_config
 from recapfast.io.checkpoint_check import MAX_WIDTH, CheckpointError, check_finite, check_tensors_match, read_header
 from recapfast.models.pixels import InputAdapter, InputConvention, two_class_logits
 
@@ -203,29 +202,10 @@ def load_detector(spec: str, device="cpu", weights=None, convention: InputConven
 
 
 def save_model(model: nn.Module, path, extra: dict | None = None) -> Path:
-    """Any recapfast architecture as PATH.safetensors (config embedded) + PATH.json, like ``save_checkpoint``."""
-    from recapfast.io.checkpoint import save_checkpoint
-    from recapfast.models.laplacian import LaplacianCNN
+    """Any recapfast architecture as PATH.safetensors (config embedded) + PATH.json: ``save_checkpoint``."""
+    from recapfast.models.checkpoint import save_checkpoint
 
-    if isinstance(model, LaplacianCNN):
-        return save_checkpoint(model, path, extra)
-    import hashlib
-
-    from safetensors.torch import save
-
-    from recapfast.io import atomic
-
-    path = Path(path)
-    if path.suffix != ".safetensors":
-        raise CheckpointError(f"{path}: checkpoint files end in .safetensors")
-    config = model.config()
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    text = json.dumps({"model": config, **(extra or {})}, indent=2, sort_keys=True)
-    metadata = {"format": "recapfast", "arch": config["arch"], CONFIG_KEY: text,
-                CONFIG_SHA_KEY: hashlib.sha256(text.encode("utf-8")).hexdigest()}
-    atomic.write_file(path, save(state, metadata=metadata))
-    atomic.write_text(config_path(path), text)
-    return path
+    return save_checkpoint(model, path, extra)
 
 
 __all__ = ["ZOO_BUNDLED", "ExportedDetector", "load_detector", "load_exported", "load_factory", "load_recapfast",

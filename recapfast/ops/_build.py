@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from recapfast.io import atomic
+
 _PKG_DIR = Path(__file__).resolve().parent.parent          # .../recapfast
 _SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h", ".hpp")
 _CFLAGS = ["-O3", "-std=c++17"]
@@ -263,9 +265,9 @@ def _load(state: BuildState) -> None:
         if state.build_dir:
             log_path = Path(state.build_dir) / "build.log"
             try:
-                log_path.write_text(state.log)
+                atomic.write_text(log_path, state.log, durable=False)
                 state.log_path = str(log_path)
-            except OSError:
+            except (OSError, ValueError):     # ValueError: atomic's DiskError/OutputError (a UserError)
                 pass
 
 
@@ -279,7 +281,7 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
     if stale:
         print(stale, file=sys.stderr, flush=True)
     if not (build_dir / "lock").exists():  # we are about to become the builder: record who holds the lock
-        (build_dir / _OWNER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        atomic.write_text(build_dir / _OWNER_FILE, f"{socket.gethostname()} {os.getpid()}\n", durable=False)
     env_saved = {k: os.environ.get(k) for k in ("MAX_JOBS", "TORCH_CUDA_ARCH_LIST")}
     os.environ.setdefault("MAX_JOBS", "2")
     if state.with_cuda:

@@ -104,8 +104,9 @@ def main(argv=None) -> int:
 
     res = trace_energy(64, 200, seed=0)
     res["bound"] = TRACE_ENERGY_BOUND
-    Path(argv[1]).parent.mkdir(parents=True, exist_ok=True)
-    Path(argv[1]).write_text(json.dumps(res, indent=1) + "\n")
+    from recapfast.io import atomic
+
+    atomic.write_text(argv[1], json.dumps(res, indent=1) + "\n", mkdir=True)
     print(json.dumps(res))
     return 0
 

@@ -15,9 +15,7 @@ the penalty's gradient reaches the weights (double backprop).  Pixel units: imag
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -28,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from recapfast.io import atomic
-from recapfast.attacks.single_step import eval_mode, input_gradients
+from recapfast.attacks.single_step import input_gradients, signed_step
 from recapfast.runtime import settings as runtime_settings
 from recapfast.models.archs import ARCHS, build
-from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, Sample, discover, make_loader
-from recapfast.engine import distributed
+from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, discover, make_loader
+from recapfast.data.splits import holdout_split, manifest_hash
+from recapfast import distributed
 from recapfast.engine.evaluate import Evaluator
 from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN
 
@@ -91,27 +90,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def split_samples(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
-    """Deterministic per-class split: (train, held out)."""
-    train, held = [], []
-    for label in sorted({s.label for s in samples}):
-        group = [s for s in samples if s.label == label]
-        order = torch.randperm(len(group), generator=torch.Generator().manual_seed(seed + 7919 * label)).tolist()
-        cut = max(1, int(round(len(group) * fraction))) if len(group) > 1 else 0
-        held.extend(group[i] for i in sorted(order[:cut]))
-        train.extend(group[i] for i in sorted(order[cut:]))
-    return train, held
-
-
-def manifest_hash(samples: Sequence[Sample], root) -> str:
-    """sha256 of the sorted (relative path, byte size, label) list: identifies the training data."""
-    digest = hashlib.sha256()
-    for s in sorted(samples, key=lambda s: s.path):
-        rel = os.path.relpath(s.path, root)
-        digest.update(f"{rel}\t{os.path.getsize(s.path)}\t{s.label}\n".encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
 class StepBatches:
     """Batch sampler: step i uses slice i of the seeded permutation of epoch i // steps_per_epoch.
 
@@ -142,15 +120,18 @@ class StepBatches:
             yield self.indices(step)
 
 
-def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """The first ``len(eps)`` images replaced by FGSM images at their own eps, on the uint8 grid."""
+def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor,
+                     grad: torch.Tensor | None = None) -> torch.Tensor:
+    """The first ``len(eps)`` images replaced by FGSM images at their own eps, on the uint8 grid.
+
+    ``grad``: their FGSM input gradient when already computed (else taken here, eval mode, on those images).
+    """
     k = int(eps.numel())
     if k == 0:
         return x
-    _, grads = input_gradients(model, x[:k], y[:k], ("fgsm",))
-    eps = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)   # no host sync
-    adv = torch.round(torch.clamp(x[:k] + eps * torch.sign(grads["fgsm"]), 0.0, 255.0))
-    return torch.cat([adv, x[k:]])
+    if grad is None:
+        grad = input_gradients(model, x[:k], y[:k], ("fgsm",))[1]["fgsm"]
+    return torch.cat([signed_step(x[:k], grad[:k], eps), x[k:]])      # per-image eps: no host sync
 
 
 def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
@@ -198,14 +179,9 @@ def fd_robust_loss(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: t
     for them too, d is the clean image's gradient direction (an approximation: exact mode
     penalizes the gradient at the FGSM image).  Cost: one input-gradient pass + one plain step.
     """
-    k = int(eps.numel())
     # The direction pass is the FGSM input gradient (eval mode), on the fast path for a LaplacianCNN.
     g = input_gradients(model, x, y, ("fgsm",))[1]["fgsm"]
-    xb = x
-    if k:
-        step = eps.to(x.device, torch.float32, non_blocking=True).view(k, 1, 1, 1)
-        adv = torch.round(torch.clamp(x[:k] + step * torch.sign(g[:k]), 0.0, 255.0))
-        xb = torch.cat([adv, x[k:]])
+    xb = fgsm_mixed_batch(model, x, y, eps, grad=g)
     norm = g.flatten(1).norm(dim=1)
     direction = g / norm.clamp_min(1e-30).view(-1, 1, 1, 1)
     ce = F.cross_entropy(model(xb + penalty * direction), y, reduction="none")
@@ -283,7 +259,7 @@ def train(
     if val_dir is not None:
         train_samples, val_samples = samples, discover(val_dir, class_names)
     else:
-        train_samples, val_samples = split_samples(samples, config.val_fraction, config.seed)
+        train_samples, val_samples = holdout_split(samples, config.val_fraction, config.seed)
     if len({s.label for s in train_samples}) < 2:
         raise DataError(f"{train_dir}: training needs images of both classes ({' and '.join(class_names)})")
     device = torch.device(device)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from recapfast.attacks.single_step import eval_mode
+from recapfast.attacks.single_step import ATTACKS, eval_mode, shared_gradient_images
 from recapfast.data.folder import CLASS_NAMES, PatchDataset, discover, make_loader
 from recapfast.attacks.iterative import IterativeConfig
 
@@ -120,12 +120,13 @@ def transfer_matrix(
     samples = discover(root, class_names) if samples is None else samples
     loader = make_loader(PatchDataset(samples, size), batch_size, 0)
     keys = [(a, e) for a in attacks for e in eps] + [("uap", v) for v in xi]
-    zeros = lambda: {k: {m: 0 for m in names} for k in keys}  # noqa: E731
-    correct, flipped, fooled = zeros(), zeros(), zeros()
-    clean_correct = {m: 0 for m in names}
-    total = 0
+    single = [a for a in attacks if a in ATTACKS]
     start = time.perf_counter()
     device = next(src.parameters()).device
+    # On-device counters, read once at the end (no per-batch host sync): per model, [key, (correct, flipped, fooled)].
+    counts = {m: torch.zeros((len(keys), 3), dtype=torch.long, device=device) for m in names}
+    clean_correct = torch.zeros(len(names), dtype=torch.long, device=device)
+    total = 0
     for batch in loader:
         x, y = batch.x.to(device), batch.y.to(device)
         if x.shape[0] == 0:
@@ -133,26 +134,35 @@ def transfer_matrix(
                 progress(len(batch.errors))
             continue
         total += x.shape[0]
-        perturbed = {(a, e): run_any_attack(src, x, y, e, a, True, iterative, extra) for a in attacks for e in eps}
+        perturbed = {}
+        if single:      # fgsm/llcm: one gradient per batch for every eps (the shared-gradient sweep)
+            _, images = shared_gradient_images(src, x, y, eps, single, True)
+            perturbed.update({(a, e): images[a][j].to(torch.float32) for a in single for j, e in enumerate(eps)})
+        perturbed.update({(a, e): run_any_attack(src, x, y, e, a, True, iterative, extra)
+                          for a in attacks if a not in ATTACKS for e in eps})
         perturbed.update({("uap", v): apply_uap(x, uaps[v].delta) for v in xi})
-        for m in names:
+        for i, m in enumerate(names):
             net = models[m]
             with eval_mode(net), torch.inference_mode():
                 clean_pred = net(x.float()).argmax(1)
                 clean_ok = clean_pred == y
-                clean_correct[m] += int(clean_ok.sum())
-                for k, adv in perturbed.items():
-                    pred = net(adv.to(device)).argmax(1)
-                    correct[k][m] += int((pred == y).sum())
-                    flipped[k][m] += int((clean_ok & (pred != y)).sum())
-                    fooled[k][m] += int((pred != clean_pred).sum())
+                rows = []
+                for k in keys:
+                    pred = net(perturbed[k].to(device)).argmax(1)
+                    rows.append(torch.stack([(pred == y).sum(), (clean_ok & (pred != y)).sum(),
+                                             (pred != clean_pred).sum()]))
+            clean_correct[i] += clean_ok.sum()
+            if rows:
+                counts[m] += torch.stack(rows)
         if progress is not None:
             progress(len(batch.files) + len(batch.errors))
     ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
-    cells = [TransferCell(k[0], k[1], m, ratio(correct[k][m], total), ratio(flipped[k][m], clean_correct[m]),
-                          ratio(fooled[k][m], total)) for k in keys for m in names]
+    clean = dict(zip(names, clean_correct.tolist()))
+    read = {m: counts[m].tolist() for m in names}
+    cells = [TransferCell(k[0], k[1], m, ratio(read[m][j][0], total), ratio(read[m][j][1], clean[m]),
+                          ratio(read[m][j][2], total)) for j, k in enumerate(keys) for m in names]
     c = iterative
-    return TransferResult(source, list(names[1:]), total, {m: ratio(clean_correct[m], total) for m in names}, cells,
+    return TransferResult(source, list(names[1:]), total, {m: ratio(clean[m], total) for m in names}, cells,
                           {"steps": c.steps, "step_size": c.step_size, "pgd_seed": c.seed, "uap": "data-free",
                            "uap_iterations": uap_iterations}, time.perf_counter() - start)
 

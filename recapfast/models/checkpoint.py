@@ -45,16 +45,22 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     return path
 
 
-def save_checkpoint(model: LaplacianCNN, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write PATH (.safetensors, config embedded) and then PATH.json, each atomically (recapfast.io.atomic)."""
+def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write PATH (.safetensors, config embedded) and then PATH.json, each atomically (recapfast.io.atomic).
+
+    ``model``: any recapfast architecture (``model.config()`` names it: LaplacianCNN, BayarCNN, MesoNet4);
+    the header's ``arch`` is that name.  A crash between the two writes leaves new weights beside the old
+    JSON, which :func:`read_config` refuses (the pair never loads mismatched).
+    """
     from safetensors.torch import save
 
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"{path}: checkpoint files end in .safetensors")
+    config = model.config()
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    text = json.dumps({"model": model.config(), **(extra or {})}, indent=2, sort_keys=True)
-    metadata = {"format": "recapfast", "arch": "LaplacianCNN", CONFIG_KEY: text,
+    text = json.dumps({"model": config, **(extra or {})}, indent=2, sort_keys=True)
+    metadata = {"format": "recapfast", "arch": str(config.get("arch", "LaplacianCNN")), CONFIG_KEY: text,
                 CONFIG_SHA_KEY: hashlib.sha256(text.encode("utf-8")).hexdigest()}
     atomic.write_file(path, save(state, metadata=metadata))
     atomic.write_text(config_path(path), text)

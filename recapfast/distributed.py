@@ -164,17 +164,36 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def summed_counters(evaluator) -> list[torch.Tensor]:
+    """The tensors ``type(evaluator).SUMMED`` declares additive, in that order (the same on every rank).
+
+    Raises TypeError when the evaluator holds a tensor attribute it did not declare: summing it could
+    silently corrupt a multi-rank result (a mean, a maximum), leaving it would give rank-local numbers.
+    """
+    summed = tuple(getattr(type(evaluator), "SUMMED", ()))
+    undeclared = sorted(name for name, value in vars(evaluator).items()
+                        if isinstance(value, torch.Tensor) and name not in summed)
+    if undeclared:
+        raise TypeError(f"{type(evaluator).__name__}: tensor attribute(s) {', '.join(undeclared)} not in "
+                        f"{type(evaluator).__name__}.SUMMED; declare additive counters there (they are summed over "
+                        f"the ranks) and reduce anything else explicitly")
+    missing = [name for name in summed if not isinstance(getattr(evaluator, name, None), torch.Tensor)]
+    if missing:
+        raise TypeError(f"{type(evaluator).__name__}.SUMMED names {', '.join(missing)}, which is not a tensor")
+    return [getattr(evaluator, name) for name in summed]
+
+
 def reduce_evaluator(evaluator, files: int, errors: list, notes: list) -> tuple[int, list, list]:
-    """Sum an Evaluator's on-device counters over the ranks; gather the per-file errors and notes.
+    """Sum an Evaluator's declared counters (``Evaluator.SUMMED``) over the ranks; gather the per-file errors and notes.
 
     After this every rank holds the counters of the whole data set, so ``evaluator.result()``
     gives the single-process numbers (counts exactly; float sums up to summation order).
-    Every tensor attribute of an Evaluator is an additive counter (that is its contract), so all
-    of them are summed, in sorted name order (the same on every rank).
+    Only the declared counters are summed; an undeclared tensor attribute raises (:func:`summed_counters`),
+    on one rank as on several, before any collective.
     """
+    counters = summed_counters(evaluator)
     if not current().enabled:
         return files, errors, notes
-    counters = [value for _, value in sorted(vars(evaluator).items()) if isinstance(value, torch.Tensor)]
     all_reduce_sum_(counters)
     total = torch.tensor([files], dtype=torch.long, device=evaluator.per_class.device)
     all_reduce_sum_([total])
