@@ -4,7 +4,7 @@ Measured as a slope, not a peak: the Python heap (tracemalloc: every Python obje
 Python object of every tensor) is sampled after each batch of a 4000-file run; after a warm-up quarter the
 least-squares growth per file must stay under ``SLOPE_BOUND`` bytes.  Keeping each record, tile map, path or
 tensor of a finished file costs ~100 bytes per file or (much) more.  Measured on the 2-core CI machine:
-3-8 bytes per file (allocator and interpreter noise, the same at any folder size); the same run that keeps one
+3-8 bytes per file (allocator and interpreter noise); the same run keeping one
 path string per file (the test's own leaking variant, which proves the measurement sees such a leak) 95.
 Peak RSS was measured here before; it carries tens of MB of allocator and thread-pool noise (its slope per
 file wandered between -200 and +600 bytes), so it could not tell a leak from noise.
