@@ -61,8 +61,11 @@ def test_records_schema_order_and_tile_map(tiny, folder, tmp_path, op_backend):
     assert sum(s["decisions"].values()) == 9 and s["this_run"]["images_per_second"] > 0
 
 
-def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend):
-    # Threshold at the median p so that decisions sit near it and small eps flip some of them.
+@pytest.mark.parametrize("probe_chunk", [4, 7, 1000])
+def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend, probe_chunk):
+    # Threshold at the median p so that decisions sit near it and small eps flip some of them.  Chunks of
+    # 7 tiles split most files across chunks (every eps is attacked); chunks of 1000 hold whole files,
+    # which stop being attacked at their first flipping eps.
     out0 = tmp_path / "p.jsonl"
     screen_folder(tiny, folder, out0, ScreenConfig(size=32, probe_eps=()))
     ps = sorted(r["p_recaptured"] for r in read_jsonl(out0))
@@ -70,10 +73,10 @@ def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend):
     eps = (1.0, 2.0, 4.0, 8.0)
     out = tmp_path / "f.jsonl"
     screen_folder(tiny, folder, out, ScreenConfig(size=32, probe_eps=eps, threshold=threshold, fragile_eps=2,
-                                                  probe_chunk=7))
+                                                  probe_chunk=probe_chunk))
     from recapfast.data.folder import decode, to_patches
 
-    flips = 0
+    flips = later = 0
     for r in read_jsonl(out):
         img, _ = decode(r["path"])
         x = to_patches(img, 32, tile=True)
@@ -95,7 +98,8 @@ def test_flip_eps_matches_direct_fgsm_llcm(tiny, folder, tmp_path, op_backend):
         assert r["flip_eps"] == expected, r["path"]
         assert r["fragile"] == (expected is not None and expected <= 2)
         flips += expected is not None
-    assert flips >= 1  # the test exercises real flips
+        later += expected is not None and expected > eps[0]
+    assert flips >= 1 and later >= 1  # real flips, and some after the first eps (early exit skips a file)
 
 
 def test_large_tile_map_goes_to_a_side_file_inside_the_output_folder(tiny, tmp_path):

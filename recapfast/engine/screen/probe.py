@@ -49,15 +49,7 @@ def screen_batch(model: nn.Module, items: list[FileItem], config: ScreenConfig, 
     flip_attacks: list = [[] for _ in good]
     if eps:
         attacks = tuple(config.attacks)
-        sums = torch.zeros((len(attacks), len(eps), len(good)), dtype=torch.float64, device=device)
-        for start in range(0, x.shape[0], config.probe_chunk):
-            xc = x[start:start + config.probe_chunk]
-            fc = file_of_tile[start:start + config.probe_chunk]
-            _, grads = input_gradients(model, xc, decision[fc], attacks)
-            for a, name in enumerate(attacks):
-                adv = ops.perturb(xc, grads[name], eps, [ATTACK_SIGN[name]] * len(eps), True)   # [E, n, 3, S, S]
-                padv = _probabilities(model, adv.reshape(-1, *xc.shape[1:]), config.probe_chunk * 4)
-                sums[a].index_add_(1, fc, padv.reshape(len(eps), -1))
+        sums = _probe_sums(model, x, file_of_tile, counts, decision, attacks, eps, config)
         flipped = ((sums / counts) >= config.threshold).long() != decision                       # [A, E, F]
         flipped = flipped.cpu()
         for f in range(len(good)):
@@ -76,3 +68,37 @@ def screen_batch(model: nn.Module, items: list[FileItem], config: ScreenConfig, 
         results.append({"p": p_list[f], "decision": d_list[f], "flip_eps": flip_eps[f],
                         "flip_attacks": flip_attacks[f], "tile_map": tiles})
     return results
+
+
+def _probe_sums(model: nn.Module, x: torch.Tensor, file_of_tile: torch.Tensor, counts: torch.Tensor,
+                decision: torch.Tensor, attacks: tuple, eps: list, config: ScreenConfig) -> torch.Tensor:
+    """Sums over each file's tiles of p(recaptured) under every (attack, eps): float64 [A, E, F].
+
+    One gradient pass per chunk of tiles serves every eps.  The eps are taken in ascending order, and
+    a file whose tiles all lie in the chunk stops being attacked once an eps flips its verdict: only
+    the smallest flipping eps is reported, so its sums at larger eps are never read (they stay
+    partial).  A file split across chunks is attacked at every eps, since its verdict needs tiles
+    of other chunks.
+    """
+    device = x.device
+    n_files = counts.shape[0]
+    sums = torch.zeros((len(attacks), len(eps), n_files), dtype=torch.float64, device=device)
+    last_tile = torch.cumsum(counts, 0) - 1
+    first_tile = last_tile - counts + 1
+    for start in range(0, x.shape[0], config.probe_chunk):
+        stop = min(start + config.probe_chunk, x.shape[0])
+        xc, fc = x[start:stop], file_of_tile[start:stop]
+        _, grads = input_gradients(model, xc, decision[fc], attacks)
+        inside = (first_tile >= start) & (last_tile < stop)            # files decided within this chunk
+        active = torch.ones(stop - start, dtype=torch.bool, device=device)
+        for e, value in enumerate(eps):
+            idx = active.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            xa, fa = xc.index_select(0, idx), fc.index_select(0, idx)
+            for a, name in enumerate(attacks):
+                adv = ops.perturb(xa, grads[name].index_select(0, idx), [value], [ATTACK_SIGN[name]], True)[0]
+                sums[a, e].index_add_(0, fa, _probabilities(model, adv, config.probe_chunk * 4))
+            flipped = (((sums[:, e] / counts) >= config.threshold).long() != decision).any(0)   # [F]
+            active &= ~(flipped & inside)[fc]
+    return sums
