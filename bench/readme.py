@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .report import _floor_lines, eval_table, sweep_run, targets, thread_lines
+from .report import _flip_note, _floor_lines, eval_table, sweep_run, targets, thread_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -51,7 +51,8 @@ def section(results: dict, source: str) -> str:
     sp = w.get("screen_probe")
     if sp:
         lines += ["", f"`recapfast screen --probe-eps 1,2,3,4,5` costs {sp['probe_over_plain']:.2f}x a screen without "
-                      f"probes ({sp['images']} images of {sp['size']} px, {sp['tile']} px tiles, CPU time)."]
+                      f"probes ({sp['images']} images of {sp['size']} px, {sp['tile']} px tiles, CPU time)"
+                      + _flip_note(sp) + "."]
     fl = w.get("floor")
     if fl:
         lines += ["", "Distance to this CPU's convolution floor (one pure forward):", "", *_floor_lines(fl)]

@@ -228,7 +228,7 @@ def markdown(results: dict) -> str:
         L += _timed_section("Screening with probes", f"{sp['images']} images of {sp['size']} px, {sp['tile']} px tiles",
                             sp, ["run", "CPU s", "wall s", "system s"])
         L += [f"| {name} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['sys_s']:.3f} |" for name, r in sp["rows"].items()]
-        L += ["", f"Probing costs {sp['probe_over_plain']:.2f}x the plain screen (CPU).", ""]
+        L += ["", f"Probing costs {sp['probe_over_plain']:.2f}x the plain screen (CPU){_flip_note(sp)}.", ""]
     fl = w.get("floor")
     if fl:
         L += ["## Distance to the convolution floor", "", *_floor_lines(fl), ""]
@@ -244,3 +244,12 @@ def markdown(results: dict) -> str:
         L += [f"| {r['op']} | {r['size']} | {r['batch']} | {r['ext_ms']:.2f} | {r['torch_ms']:.2f} | {r['speedup']:.2f}x |"
               for r in kn["rows"]]
     return "\n".join(L).rstrip() + "\n"
+
+
+def _flip_note(sp: dict) -> str:
+    """Where the probed files flipped: a file stops being attacked at its first flipping eps, so this sets the cost."""
+    hist = sp.get("flip_eps_histogram")
+    if not hist:
+        return ""
+    parts = ", ".join(f"{n} at eps {float(e):g}" if e != "None" else f"{n} never" for e, n in hist.items())
+    return f"; the probed files flipped: {parts}"

@@ -7,7 +7,9 @@ probing run costs <= 6x the plain one.
 from __future__ import annotations
 
 import itertools
+import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from .common import alternate, contender_settings, log, summary, synth_folder
@@ -37,5 +39,9 @@ def run(model, reps: int, count: int = 16, size: int = 256, tile: int = 64, thre
     for name, r in rows.items():
         log(f"  {name:16s} cpu {r['cpu_s']:.3f} s  wall {r['wall_s']:.3f} s")
     log(f"  probe / no-probe: {ratio:.2f}x (CPU)")
+    # A file stops being attacked at its first flipping eps, so the cost depends on where the files flip.
+    probed = max((p for p in tmp.glob("run*.jsonl")), key=lambda p: int(p.stem[3:]))
+    flips = Counter(str(json.loads(line)["flip_eps"]) for line in probed.read_text().splitlines() if line)
+    log(f"  flip eps of the probed files: {dict(sorted(flips.items()))}")
     return {"images": images, "size": size, "tile": tile, "threads": threads, "reps": reps, "rows": rows,
-            "probe_over_plain": round(ratio, 2), "target": TARGET}
+            "probe_over_plain": round(ratio, 2), "target": TARGET, "flip_eps_histogram": dict(sorted(flips.items()))}
