@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from recapfast import ops
-from recapfast.attacks.single_step import ATTACK_SIGN, _forward_chunks, eval_mode, input_gradients
+from recapfast.attacks.single_step import ATTACK_SIGN, _forward_chunks, eval_mode, input_gradients, signed_step
 from recapfast.engine.screen.config import ScreenConfig
 from recapfast.engine.screen.files import FileItem
 
@@ -97,7 +96,7 @@ def _probe_sums(model: nn.Module, x: torch.Tensor, file_of_tile: torch.Tensor, c
                 break
             xa, fa = xc.index_select(0, idx), fc.index_select(0, idx)
             for a, name in enumerate(attacks):
-                adv = ops.perturb(xa, grads[name].index_select(0, idx), [value], [ATTACK_SIGN[name]], True)[0]
+                adv = signed_step(xa, grads[name].index_select(0, idx), [value], ATTACK_SIGN[name])[0]
                 sums[a, e].index_add_(0, fa, _probabilities(model, adv, config.probe_chunk * 4))
             flipped = (((sums[:, e] / counts) >= config.threshold).long() != decision).any(0)   # [F]
             active &= ~(flipped & inside)[fc]
