@@ -51,6 +51,14 @@ except (ImportError, AttributeError):  # pragma: no cover - another Typer layout
     pass
 
 
+def _exit_together(err: BaseException) -> None:
+    """torchrun: an error every rank raised is printed by each before any of them exits."""
+    if getattr(err, "recapfast_every_rank", False):
+        from recapfast import distributed
+
+        distributed.exit_together(err)
+
+
 class _Group(TyperGroup):
     """Runs commands non-standalone so every failure maps onto recapfast's exit codes."""
 
@@ -73,6 +81,8 @@ class _Group(TyperGroup):
         except (UserError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
             mapped = disk_error(err, err.filename) if isinstance(err, OSError) and err.filename else None
             print(f"recapfast: error: {mapped or err}", file=sys.stderr)
+            sys.stderr.flush()
+            _exit_together(err)
             sys.exit(1)
         except OSError as err:  # disk full, read-only, quota: one line naming the path, exit 1
             mapped = disk_error(err, err.filename or "an output file")

@@ -65,8 +65,10 @@ def screen_command(
         with bar:
             result = screen_folder(net, data, out, config, resume=resume, force=run.force, csv_out=csv_out,
                                    progress=advance, log=log)
-    finally:
-        distributed.shutdown()
+    except BaseException as err:
+        distributed.leave_after(err)
+        raise
+    distributed.shutdown()
     if info.is_main:
         typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
     if result.summary["screened"] == 0:
