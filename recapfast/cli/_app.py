@@ -51,6 +51,13 @@ except (ImportError, AttributeError):  # pragma: no cover - another Typer layout
     pass
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: torchrun runs its ranks unbuffered, where ``print`` writes the text
+    and the newline separately and two ranks' lines interleave into one."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _exit_together(err: BaseException) -> None:
     """torchrun: an error every rank raised is printed by each before any of them exits."""
     if getattr(err, "recapfast_every_rank", False):
@@ -73,28 +80,27 @@ class _Group(TyperGroup):
         except _USAGE_ERRORS as err:  # usage errors: bad option, missing argument, bad path
             ctx = getattr(err, "ctx", None)
             where = f"{ctx.command_path}: " if ctx is not None else ""
-            print(f"recapfast: error: {where}{err.format_message()}", file=sys.stderr)
+            _say(f"recapfast: error: {where}{err.format_message()}")
             sys.exit(1)
         except _ABORTS:
-            print("recapfast: aborted", file=sys.stderr)
+            _say("recapfast: aborted")
             sys.exit(1)
         except (UserError, FileExistsError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
             mapped = disk_error(err, err.filename) if isinstance(err, OSError) and err.filename else None
-            print(f"recapfast: error: {mapped or err}", file=sys.stderr)
-            sys.stderr.flush()
+            _say(f"recapfast: error: {mapped or err}")
             _exit_together(err)
             sys.exit(1)
         except OSError as err:  # disk full, read-only, quota: one line naming the path, exit 1
             mapped = disk_error(err, err.filename or "an output file")
             if mapped is None:
                 traceback.print_exc(file=sys.stderr)
-                print(f"recapfast: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+                _say(f"recapfast: internal error: {type(err).__name__}: {err}")
                 sys.exit(2)
-            print(f"recapfast: error: {mapped}", file=sys.stderr)
+            _say(f"recapfast: error: {mapped}")
             sys.exit(1)
         except Exception as err:  # noqa: BLE001 - the last resort: report, exit 2
             traceback.print_exc(file=sys.stderr)
-            print(f"recapfast: internal error: {type(err).__name__}: {err}", file=sys.stderr)
+            _say(f"recapfast: internal error: {type(err).__name__}: {err}")
             sys.exit(2)
         sys.exit(rv if isinstance(rv, int) else 0)
 
