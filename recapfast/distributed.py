@@ -97,32 +97,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def every_rank(err: BaseException) -> BaseException:
-    """Mark ``err`` as raised by every rank of the job together (an outcome they agreed on through a
-    collective), so the CLI can let them all print it before any exits (``exit_together``)."""
-    err.recapfast_every_rank = True
-    return err
-
-
-def raised_by_every_rank(err: BaseException) -> bool:
-    return bool(getattr(err, "recapfast_every_rank", False))
-
-
-def leave_after(err: BaseException) -> None:
-    """A command failed with ``err``: leave the group now unless every rank raised it, in which case the
-    CLI prints it first and then calls ``exit_together``."""
-    if not raised_by_every_rank(err):
-        shutdown()
-
-
-def exit_together(err: BaseException) -> None:
-    """After printing ``err``: when every rank raised it, wait for all of them before leaving the group.
-    torchrun stops the other ranks as soon as one exits with an error; without this wait a rank could
-    be stopped before its one line was out."""
-    if raised_by_every_rank(err):
-        shutdown()
-
-
 def shard(items: Iterable[T], info: DistInfo | None = None) -> Iterator[tuple[int, T]]:
     """(global index, item) for the items ``i % world == rank`` of a deterministic stream."""
     info = info or current()

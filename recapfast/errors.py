@@ -3,3 +3,14 @@
 
 class UserError(ValueError):
     """A bad argument, file or folder; the message names it and fits on one line."""
+
+
+def every_rank(err: BaseException) -> BaseException:
+    """Mark ``err`` as raised by every rank of a torchrun job together (an outcome they agreed on through a
+    collective): the CLI then lets each rank print it before any of them exits."""
+    err.recapfast_every_rank = True
+    return err
+
+
+def raised_by_every_rank(err: BaseException) -> bool:
+    return bool(getattr(err, "recapfast_every_rank", False))

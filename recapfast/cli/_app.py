@@ -13,7 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from recapfast.io.atomic import disk_error
-from recapfast.errors import UserError
+from recapfast.errors import UserError, raised_by_every_rank
 
 # Typer >= 0.2x vendors click (its exceptions derive from typer.TyperException); older ones use click.
 _USAGE_ERRORS: tuple = tuple(t for t in (getattr(typer, "TyperException", None),) if t is not None)
@@ -59,11 +59,12 @@ def _say(line: str) -> None:
 
 
 def _exit_together(err: BaseException) -> None:
-    """torchrun: an error every rank raised is printed by each before any of them exits."""
-    if getattr(err, "recapfast_every_rank", False):
+    """torchrun stops the other ranks as soon as one exits with an error: after an error every rank raised
+    together has been printed, wait for all ranks, so none is stopped before its line is out."""
+    if raised_by_every_rank(err):
         from recapfast import distributed
 
-        distributed.exit_together(err)
+        distributed.shutdown()
 
 
 class _Group(TyperGroup):

@@ -38,6 +38,7 @@ def screen_command(
 ) -> None:
     """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
     from recapfast import distributed
+    from recapfast.errors import raised_by_every_rank
     from recapfast.models.checkpoint import load_model
     from recapfast.engine.screen import ScreenConfig, screen_folder
 
@@ -66,7 +67,8 @@ def screen_command(
             result = screen_folder(net, data, out, config, resume=resume, force=run.force, csv_out=csv_out,
                                    progress=advance, log=log)
     except BaseException as err:
-        distributed.leave_after(err)
+        if not raised_by_every_rank(err):   # an error of every rank: the CLI prints it on each, then leaves
+            distributed.shutdown()
         raise
     distributed.shutdown()
     if info.is_main:

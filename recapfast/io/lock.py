@@ -8,7 +8,8 @@ lock taken and stops with one line (exit code 1) before touching the output.
 
 Under torchrun only rank 0 takes the lock, and its outcome is broadcast so every rank of the job
 either proceeds or raises the same error (no rank writes a part file of a job that lost the
-race); the CLI prints it on every rank and only then lets them exit (``distributed.exit_together``).  The lock file holds the owner's host and pid (for the message) and is left in place:
+race); the CLI prints it on every rank and only then lets them exit (``errors.every_rank``).
+The lock file holds the owner's host and pid (for the message) and is left in place:
 deleting it on exit would let a third process lock a fresh file while a second still holds the
 old one.  ``flock`` locks are released by the kernel when the holder exits, ``kill -9`` included,
 so a crashed run never leaves a stale lock; on NFS Linux maps ``flock`` onto POSIX locks, which
@@ -23,6 +24,7 @@ import socket
 from pathlib import Path
 from typing import Iterable
 
+from recapfast.errors import every_rank
 from recapfast.io.atomic import DiskError, OutputError, disk_errors
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -128,7 +130,7 @@ def lock_outputs(*outputs) -> OutputLock:
             failure = (type(err).__name__, str(err))
     failure = distributed.broadcast_object(failure)
     if failure is not None:
-        raise distributed.every_rank((DiskError if failure[0] == "DiskError" else OutputError)(failure[1]))
+        raise every_rank((DiskError if failure[0] == "DiskError" else OutputError)(failure[1]))
     lock.held = True
     return lock
 
