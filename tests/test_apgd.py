@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import recapfast as rf
-from recapfast.attacks.apgd import APGDConfig, apgd, apgd_attack, checkpoint_windows
+from recapfast.attacks.apgd import APGDConfig, apgd, apgd_attack, apgd_rows, checkpoint_windows
 
 torchattacks = pytest.importorskip("torchattacks")
 
@@ -23,6 +23,17 @@ class Unit01(nn.Module):
 
     def forward(self, x):
         return self.model(x * SCALE)
+
+
+class Autograd(nn.Module):
+    """The same function as a model recapfast does not fold: every gradient through autograd."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +61,19 @@ def test_checkpoint_schedule_is_croce_and_heins():
 # (2, 20, 1), not (3, 20, 1): main's robust model (retrained on generator v3 data) is fooled on every patch at eps 3
 @pytest.mark.parametrize("eps,steps,restarts", [(1, 10, 1), (2, 12, 2), (2, 20, 1)])
 def test_float_mode_equals_torchattacks_apgd(robust_batch, eps, steps, restarts):
-    from recapfast.attacks.apgd import _single_run, _start
-    from recapfast.attacks.iterative import _box
-
-    model, x, y = robust_batch
+    """The README's equality claim, exactly as stated: a model computed through autograd (``Autograd``: not the
+    folded fast path, whose float rounding differs), quantize=False, early_stop=False, x / 256 scaling, patches
+    inside [8, 247] -> the same images as torchattacks pixel for pixel; with early stopping the same predictions."""
+    folded, x, y = robust_batch
+    model = Autograd(folded)
     oracle = torchattacks.APGD(Unit01(model).eval(), norm="Linf", eps=eps / SCALE, steps=steps, n_restarts=restarts,
                                seed=3, loss="ce")
     theirs = (oracle(x.float() / SCALE, y) * SCALE).detach()
-    ours = apgd(model, x, y, eps, steps=steps, restarts=restarts, seed=3, quantize=False)
+    config = APGDConfig(steps, restarts, 0.75, 3, early_stop=False)
+    ours = apgd_attack(model, x, y, eps, config, quantize=False)
     with torch.no_grad():
         fooled = model(ours).argmax(1) != y
+        assert torch.equal(fooled, model(theirs).argmax(1) != y)
     # Pixel for pixel: the successful images (torchattacks returns the clean patch for the others) ...
     assert torch.equal(ours[fooled], theirs[fooled]) and torch.equal(theirs[~fooled], x[~fooled].float())
     # ... and, against torchattacks' best-loss mode, the highest-loss iterate of every patch (first restart).
@@ -67,11 +81,19 @@ def test_float_mode_equals_torchattacks_apgd(robust_batch, eps, steps, restarts)
                             loss="ce")
     torch.manual_seed(3)
     _, best = one.perturb(x.float() / SCALE, y, best_loss=True)
-    x0 = x.float()
-    lo, hi = _box(x0, eps, False)
-    start = _start(x0, eps, lo, hi, False, torch.Generator().manual_seed(3))
-    ours_best = _single_run(model, x0, y, lo, hi, float(eps), APGDConfig(steps=steps), False, start)[0]
-    assert torch.equal(ours_best, best.detach() * SCALE)
+    board = apgd_rows(model, x, y, [eps], APGDConfig(steps, 1, 0.75, 3, early_stop=False), quantize=False,
+                      clean_logits=torch.zeros(len(y), 2).scatter_(1, y.view(-1, 1), 1.0))
+    unfooled = ~board.fooled
+    assert torch.equal(board.out[unfooled], best.detach()[unfooled] * SCALE)
+    # The default (early stop): same predictions, every image in the box.
+    early = apgd(model, x, y, eps, steps=steps, restarts=restarts, seed=3, quantize=False)
+    with torch.no_grad():
+        assert torch.equal(model(early).argmax(1) != y, fooled)
+    assert (early - x.float()).abs().max() <= eps
+    # The folded fast path (a plain LaplacianCNN) differs by float rounding only: robust accuracy within a patch.
+    fast = apgd(folded, x, y, eps, steps=steps, restarts=restarts, seed=3, quantize=False)
+    with torch.no_grad():
+        assert abs(int((folded(fast).argmax(1) == y).sum()) - int((~fooled).sum())) <= 1
 
 
 def test_uint8_grid_box_and_unchanged_misclassified(small_model, batch):
@@ -114,3 +136,27 @@ def test_params_batchnorm_untouched_and_errors(small_model, batch):
     with pytest.raises(ValueError, match="steps"):
         apgd_attack(small_model, x, y, 2, APGDConfig(steps=0))
     assert apgd(small_model, x[:0], y[:0], 2).shape == (0, 3, 32, 32)
+
+
+@pytest.mark.parametrize("eps", [1, 2])
+def test_grid_apgd_is_at_least_as_strong_as_float_apgd_rounded_at_the_end(synth_dir, eps):
+    """Issue 23: on the bundled robust model, in the default mode (early stop, 100 steps), the uint8-grid attack
+    leaves no patch stronger-defended than float APGD whose result is rounded afterwards: per patch it fools the
+    model or ends with a cross-entropy >= the rounded float image's, on >= 99% of patches (the old grid attack,
+    which rounded its iterate and stalled, failed this at eps 1), and its robust accuracy is never higher."""
+    import torch.nn.functional as F
+    from recapfast.attacks.universal import load_patches
+
+    model = rf.load_model("robust")
+    x = load_patches(synth_dir, 32)
+    y = torch.tensor([0] * 24 + [1] * 24)
+    grid = apgd(model, x, y, eps)
+    rounded = apgd(model, x, y, eps, quantize=False).round()
+    assert torch.equal(grid, grid.round()) and (grid - x.float()).abs().max() <= eps
+    with torch.no_grad():
+        lg, lf = model(grid), model(rounded)
+    ce_grid, ce_float = F.cross_entropy(lg, y, reduction="none"), F.cross_entropy(lf, y, reduction="none")
+    fooled_grid, fooled_float = lg.argmax(1) != y, lf.argmax(1) != y
+    at_least_as_strong = fooled_grid | (ce_grid >= ce_float - 1e-5)
+    assert at_least_as_strong.float().mean() >= 0.99, (ce_grid - ce_float)[~at_least_as_strong]
+    assert int((~fooled_grid).sum()) <= int((~fooled_float).sum())

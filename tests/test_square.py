@@ -100,3 +100,34 @@ def test_success_comparable_to_torchattacks_square(synth_dir):
             adv = oracle(x.float() / 255, y) * 255
             theirs.append(float((model(adv).argmax(1) == y).float().mean()))
     assert abs(sum(ours) / 3 - sum(theirs) / 3) <= 0.1, (ours, theirs)
+
+
+class FarFromTheBoundary(nn.Module):
+    """Logits [1000, w . x]: never fooled (margin > 0), but every pixel moves the margin; records every query."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3 * 4 * 4, generator=torch.Generator().manual_seed(0)))
+        self.queries = []
+
+    def forward(self, x):
+        self.queries.extend(x.detach().clone())
+        z = x.flatten(1) @ self.w / 255.0
+        return torch.stack([torch.full_like(z, 1000.0), z], 1)
+
+
+def test_no_query_is_spent_on_an_unchanged_image():
+    """Issue 23: a window whose drawn signs leave the image as it is gets new signs (the reference redraws); so
+    every query differs from the image it would replace.  On 4 x 4 patches the late 1 x 1 windows were unchanged
+    for about a third of the queries before."""
+    model = FarFromTheBoundary()
+    x = torch.randint(20, 235, (1, 3, 4, 4), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+    y = torch.zeros(1, dtype=torch.long)
+    square(model, x, y, 3, queries=300, seed=2)
+    clean, current, *rest = model.queries
+    assert torch.equal(clean, x[0].float()) and len(rest) == 299
+    score = lambda img: float(model.w.detach() @ img.flatten() / 255.0)  # noqa: E731  (margin = 1000 - score)
+    for q in rest:
+        assert not torch.equal(q, current)
+        if score(q) > score(current):            # accepted: a lower margin
+            current = q

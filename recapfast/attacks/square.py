@@ -10,28 +10,34 @@ query is an image a PNG can hold, and a fractional eps acts as its floor).  Per 
 
     init    : vertical stripes: each column of each channel at lo or hi, with probability 1/2
     query i : a square window of side s_i at a random position, each channel's window set to lo or hi
-              (probability 1/2 each); accepted when the margin loss z_y - max_{j != y} z_j decreases
+              (probability 1/2 each); a window that would leave the image unchanged (every pixel of it
+              already at the drawn vertex) gets new signs until it changes something, as the reference
+              redraws it, so no query is spent on an image already seen; accepted when the margin loss
+              z_y - max_{j != y} z_j decreases
     stop    : as soon as the margin is <= 0 (misclassified), or after ``queries`` queries in all
 
 s_i = max(1, round(sqrt(p_i * H * W))) (at most min(H, W)), with p_i = p_init halved at the
 fractions 10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000 of 10 000 of the query budget (the
 schedule of the reference implementation, rescaled to the budget).  Unlike AutoAttack's batched
 version, which moves one window for the whole batch, every patch draws its own window position
-and signs (as in the original algorithm); all draws come from one seeded CPU generator and are
-made for the whole batch, so results do not depend on the device or on which patches are still
-being attacked.  Restarts attack only the patches not yet misclassified.  Patches misclassified
-when clean are returned unchanged; a patch never misclassified gets its lowest-margin image.
+and signs (as in the original algorithm).  Every eps of a call runs in one batch of rows
+(``recapfast.attacks.rows``); the stripes, positions and signs are drawn per patch from one seeded CPU
+generator, for the whole batch, and shared by the patch's rows at every eps, so they do not depend on
+the device or on which rows are still being attacked; the redrawn signs come from a second seeded
+stream.  Restarts attack only the patches not yet misclassified.  Patches misclassified when clean are
+returned unchanged; a patch never misclassified gets its lowest-margin image.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
 
 from recapfast.attacks.apgd import AttackSettings, attack_inputs
-from recapfast.attacks.single_step import _inference_forward, eval_mode
+from recapfast.attacks.rows import Board, LossGrad, compact_every, row_box
 
 _P_HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
 
@@ -79,56 +85,91 @@ def square_attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float
                   config: SquareConfig | None = None, quantize: bool = True) -> torch.Tensor:
     """:func:`square` with its settings in one :class:`SquareConfig` (default: 1000 queries, 1 restart)."""
     config = config or SquareConfig()
-    x0, y, eps, lo, hi = attack_inputs(x, y, eps, config, quantize)
-    if x0.shape[0] == 0:
-        return x0.clone()
+    attack_inputs(x, y, eps, config, quantize)
+    return square_rows(model, x, y, [eps], config, quantize).out
+
+
+def _window(vh: torch.Tensor, vw: torch.Tensor, s: int, h: int, w: int, cur, lo, hi, up):
+    """(candidate, changed): the rows' windows set to lo or hi per channel (``up``), and whether that changes any
+    pixel of the current image (a window already at its drawn vertex is a wasted query)."""
+    mask = _window_mask(vh, vw, s, h, w)
+    target = torch.where(up, hi, lo)
+    cand = torch.where(mask, target, cur)
+    return cand, (cand != cur).flatten(1).any(1)
+
+
+def _draw(gen: torch.Generator, shape, device, patch):
+    return (torch.rand(shape, generator=gen) < 0.5).to(device)[patch]
+
+
+def square_rows(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: Sequence[float],
+                config: SquareConfig | None = None, quantize: bool = True, attack: torch.Tensor | None = None,
+                dominance: bool = False, clean_logits: torch.Tensor | None = None) -> Board:
+    """Square at every eps of ``eps`` in one batch of rows: the :class:`recapfast.attacks.rows.Board` of the E * B
+    rows (``attack``, ``dominance``, ``clean_logits`` as in :func:`recapfast.attacks.apgd.apgd_rows`)."""
+    config = config or SquareConfig()
+    eps = [float(e) for e in eps]
+    x0, y = attack_inputs(x, y, min(eps, default=0.0), config, quantize)[:2]      # also checks every eps >= 0
+    board = Board(x0, eps, higher_is_better=False, dominance=dominance)
+    if x0.shape[0] == 0 or not eps:
+        return board
     b, c, h, w = x0.shape
     gen = torch.Generator().manual_seed(int(config.seed))
+    redraw = torch.Generator().manual_seed(int(config.seed) + 1)     # a separate stream: the main draws never shift
     device = x0.device
-    # Compacting the working set needs the flags on the host: every query on CPU, every 8th elsewhere.
-    compact_every = 1 if device.type == "cpu" else 8
-    out = x0.clone()
-    with eval_mode(model), torch.no_grad():
-        model = _inference_forward(model, device)                 # channels_last weights on CPU (attacks.py)
-        remaining = margin(model(x0), y) > 0                      # misclassified clean: left as they are
-        out_margin = torch.full((b,), float("inf"), device=device)
-        for _ in range(config.restarts):
-            stripes = (torch.rand((b, c, 1, w), generator=gen) < 0.5).to(device)
-            idx = remaining.nonzero().flatten()
-            if idx.numel() == 0:
-                break
-            cur = torch.where(stripes[idx], hi[idx], lo[idx])
-            cur_margin = margin(model(cur), y[idx])
-            for i in range(config.queries - 1):
-                p = square_fraction(i, config.queries, config.p_init)
-                s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
-                vh = torch.randint(0, h - s + 1, (b,), generator=gen).to(device)[idx]
-                vw = torch.randint(0, w - s + 1, (b,), generator=gen).to(device)[idx]
-                up = (torch.rand((b, c, 1, 1), generator=gen) < 0.5).to(device)[idx]
-                cand = torch.where(_window_mask(vh, vw, s, h, w), torch.where(up, hi[idx], lo[idx]), cur)
-                cand_margin = margin(model(cand), y[idx])
-                better = (cur_margin > 0) & (cand_margin < cur_margin)
-                cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
-                cur_margin = torch.where(better, cand_margin, cur_margin)
-                if (i + 1) % compact_every == 0:
-                    keep = cur_margin > 0
-                    if not bool(keep.all()):
-                        _merge(out, out_margin, idx[~keep], cur[~keep], cur_margin[~keep])
-                        idx, cur, cur_margin = idx[keep], cur[keep], cur_margin[keep]
-                        if idx.numel() == 0:
-                            break
-            _merge(out, out_margin, idx, cur, cur_margin)
-            remaining &= out_margin > 0
-    return out
+    every = compact_every(device)
+    lg = LossGrad(model, device)
+    if clean_logits is None:
+        clean_logits = lg.logits(x0)
+    todo = (margin(clean_logits, y) > 0).repeat(len(eps))
+    if attack is not None:
+        todo &= attack.reshape(-1).to(todo.device)
+    for _ in range(config.restarts):
+        stripes = torch.rand((b, c, 1, w), generator=gen) < 0.5              # one draw per patch, shared by its eps
+        idx = (todo & ~board.fooled).nonzero().flatten()
+        if idx.numel() == 0:
+            break
+        patch = board.patch[idx]
+        lo, hi = row_box(x0[patch], board.row_eps[idx], quantize)
+        cur = torch.where(stripes.to(device)[patch], hi, lo)
+        yr = y[patch]
+        cur_margin = margin(lg.logits(cur), yr)
+        _settle(board, idx, cur, cur_margin)
+        for i in range(config.queries - 1):
+            if i % every == 0:
+                keep = ~board.fooled[idx]
+                if not bool(keep.all()):
+                    idx, patch, lo, hi, cur, cur_margin, yr = (t[keep] for t in (idx, patch, lo, hi, cur, cur_margin,
+                                                                                  yr))
+                    if idx.numel() == 0:
+                        break
+            p = square_fraction(i, config.queries, config.p_init)
+            s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
+            vh = torch.randint(0, h - s + 1, (b,), generator=gen).to(device)[patch]
+            vw = torch.randint(0, w - s + 1, (b,), generator=gen).to(device)[patch]
+            up = _draw(gen, (b, c, 1, 1), device, patch)
+            cand, changed = _window(vh, vw, s, h, w, cur, lo, hi, up)
+            for _ in range(_REDRAWS):        # as the reference: new signs for a window that would change nothing
+                if bool(changed.all()):
+                    break
+                up = torch.where(changed.view(-1, 1, 1, 1), up, _draw(redraw, (b, c, 1, 1), device, patch))
+                cand, changed = _window(vh, vw, s, h, w, cur, lo, hi, up)
+            cand_margin = margin(lg.logits(cand), yr)
+            better = cand_margin < cur_margin
+            cur = torch.where(better.view(-1, 1, 1, 1), cand, cur)
+            cur_margin = torch.where(better, cand_margin, cur_margin)
+            _settle(board, idx, cur, cur_margin)
+    return board
 
 
-def _merge(out, best_margin, idx, cur, cur_margin) -> None:
-    """Keep, per patch, the image of lowest margin over restarts (a misclassified one is final)."""
-    if idx.numel() == 0:
-        return
-    better = cur_margin < best_margin[idx]
-    out[idx] = torch.where(better.view(-1, 1, 1, 1), cur, out[idx])
-    best_margin[idx] = torch.where(better, cur_margin, best_margin[idx])
+_REDRAWS = 16        # a window whose every sign choice changes nothing (a box of one value there) stays a no-op
 
 
-__all__ = ["SquareConfig", "square", "square_attack", "square_fraction", "margin"]
+def _settle(board: Board, idx, cur, cur_margin) -> None:
+    """Hand the rows' current images to the board: misclassified ones are final, the others offered."""
+    wrong = cur_margin <= 0
+    board.fool(idx[wrong], cur[wrong])
+    board.offer(idx[~wrong], cur[~wrong], cur_margin[~wrong])
+
+
+__all__ = ["SquareConfig", "square", "square_attack", "square_rows", "square_fraction", "margin"]
