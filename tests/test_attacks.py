@@ -12,20 +12,24 @@ from conftest import make_model
 
 
 def reference_attack(model, x, target, eps, direction, quantize=True):
-    """Paper eq. 2/4 written out plainly: one gradient of CE(f(x), target), a signed step, clip, round."""
+    """Paper eq. 2/4 written out plainly: one gradient of CE(f(x), target), a signed step, clip; on the grid the
+    step goes to the corner of the integer box [ceil(x - eps), floor(x + eps)] (x rounded where the gradient is 0)."""
     model.eval()
     xf = x.to(torch.float32).clone().requires_grad_(True)
     loss = F.cross_entropy(model(xf), target, reduction="sum")
     (g,) = torch.autograd.grad(loss, xf)
-    adv = torch.clamp(xf.detach() + direction * torch.tensor(float(eps)) * torch.sign(g), 0, 255)
-    return torch.round(adv) if quantize else adv
+    x0, d = xf.detach(), direction * torch.sign(g)
+    if not quantize:
+        return torch.clamp(x0 + torch.tensor(float(eps)) * d, 0, 255)
+    hi, lo = torch.floor(torch.clamp(x0 + eps, max=255)), torch.ceil(torch.clamp(x0 - eps, min=0))
+    return torch.where(d > 0, hi, torch.where(d < 0, lo, torch.round(x0)))
 
 
 @pytest.mark.parametrize("eps", [1, 2, 5, 0.5, 2.5])
-@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, "fractional"])
 def test_fgsm_equals_reference(small_model, batch, eps, dtype):
     x, y = batch
-    x = x.to(dtype)
+    x = x.to(torch.float32) + 0.375 if dtype == "fractional" else x.to(dtype)  # float x between grey levels too
     expected = reference_attack(small_model, x, y, eps, +1)
     got = rf.fgsm(small_model, x, y, eps)
     assert got.dtype == torch.float32
@@ -54,7 +58,7 @@ def test_quantized_output_is_on_the_uint8_grid(small_model, batch):
     for eps in (0.5, 1.5, 2.5, 4):
         out = rf.fgsm(small_model, x, y, eps)
         assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() <= 255
-        assert (out - x.float()).abs().max() <= eps + 0.5
+        assert (out - x.float()).abs().max() <= eps
     # round half to even: 10 + 0.5 -> 10, 11 + 0.5 -> 12
     x0 = torch.full((1, 3, 16, 16), 10, dtype=torch.uint8)
     x0[..., 8:, :] = 11

@@ -7,10 +7,15 @@ adversarial images quantized to the uint8 grid by default.
     FGSM: x_adv = clip(x + eps * sign(grad_x CE(f(x), y)), 0, 255)
     LLCM: y_min = argmin_y p(y|x) over ALL classes (paper eq. 3),
           x_adv = clip(x - eps * sign(grad_x CE(f(x), y_min)), 0, 255)
+
+On the uint8 grid every attack of recapfast stays in the integer box [ceil(x - eps), floor(x + eps)]
+within [0, 255]; for uint8 x that is x +- floor(eps): a fractional eps acts as its floor
+(:func:`signed_step`).
 """
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -120,20 +125,41 @@ def autograd_input_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor 
 
 def signed_step(x: torch.Tensor, grad: torch.Tensor, eps: Sequence[float] | torch.Tensor, sign: float = 1.0,
                 quantize: bool = True) -> torch.Tensor:
-    """The one single-step perturbation: clip(x + sign * eps * sign(grad), 0, 255), rounded (half to even) to
-    the uint8 grid when ``quantize``.  FGSM is ``sign=+1``, LLCM ``sign=-1`` (:data:`ATTACK_SIGN`).
+    """The one single-step perturbation: clip(x + sign * eps * sign(grad), 0, 255) (FGSM is ``sign=+1``, LLCM
+    ``sign=-1``, :data:`ATTACK_SIGN`).
+
+    On the uint8 grid (``quantize``, a sequence of eps) the step stays in the integer box
+    ``[ceil(x - eps), floor(x + eps)]`` within [0, 255], the box of every recapfast attack: a pixel goes to the
+    box's upper corner where sign * sign(grad) > 0, its lower corner where < 0, and stays (rounded, half to even)
+    where the gradient is 0.  For uint8 x that is x + sign * floor(eps) * sign(grad), clipped: a fractional eps
+    acts as its floor (eps 1.5 moves every pixel by 1, never by 2).
 
     ``eps`` a sequence of E floats: [E, *x.shape] from one pass over x and grad (``recapfast.ops.perturb``,
     the kernel), uint8 when ``quantize`` else float32.  ``eps`` a tensor of B per-image eps (training's
-    FGSM images; on any device, never read on the host): [B, *x.shape] float32, on the grid when ``quantize``.
+    FGSM images; on any device, never read on the host): [B, *x.shape] float32, rounded to the grid when
+    ``quantize`` (training's recipe: eps ~ U[eps_min, eps_max] per image, the image rounded, as in the paper).
     Both compute in float32: x + float32(sign * eps) * sign(grad).
     """
     if not isinstance(eps, torch.Tensor):
         eps = [float(e) for e in eps]
-        return ops.perturb(x.detach(), grad, eps, [float(sign)] * len(eps), quantize)
+        if not quantize or x.dtype == torch.uint8:
+            steps = [float(math.floor(e)) for e in eps] if quantize else eps
+            return ops.perturb(x.detach(), grad, steps, [float(sign)] * len(eps), quantize)
+        return _grid_step(x.detach().to(torch.float32), grad, eps, sign)
     step = (float(sign) * eps).to(x.device, torch.float32, non_blocking=True).view(-1, *([1] * (x.dim() - 1)))
     adv = torch.clamp(x.detach().to(torch.float32) + step * torch.sign(grad.detach().to(torch.float32)), 0.0, 255.0)
     return torch.round(adv) if quantize else adv
+
+
+def _grid_step(x: torch.Tensor, grad: torch.Tensor, eps: Sequence[float], sign: float) -> torch.Tensor:
+    """:func:`signed_step` on the grid for float x (not necessarily whole grey levels): the integer box's corners."""
+    direction = float(sign) * torch.sign(grad.detach().to(torch.float32))
+    out = []
+    for e in eps:
+        lo, hi = torch.ceil((x - e).clamp_min(0.0)), torch.floor((x + e).clamp_max(255.0))
+        stay = torch.minimum(torch.maximum(torch.round(x), lo), hi)
+        out.append(torch.where(direction > 0, hi, torch.where(direction < 0, lo, stay)).to(torch.uint8))
+    return torch.stack(out) if out else x.new_empty((0, *x.shape), dtype=torch.uint8)
 
 
 def shared_gradient_images(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: Sequence[float],
