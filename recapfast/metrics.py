@@ -129,4 +129,10 @@ def perturbation_stats(x: torch.Tensor, adv: torch.Tensor, level: str = "full") 
             "ssim": stats[..., 0]}
 
 
-__all__ = ["ssim", "ssim_map", "psnr", "linf", "l2", "gaussian_window", "perturbation_stats", "METRIC_LEVELS"]
+__all__ = ["ssim", "ssim_map", "psnr", "linf", "l2", "gaussian_window", "perturbation_stats", "METRIC_LEVELS", "one_hot"]
+
+
+def one_hot(y: torch.Tensor, classes: int) -> torch.Tensor:
+    """int64 one-hot [B, classes] of labels ``y`` without a host read (``F.one_hot`` reads y's range back to
+    check it: a device sync per call); a label outside [0, classes) gives a zero row."""
+    return (y.unsqueeze(-1) == torch.arange(classes, device=y.device)).to(torch.long)

@@ -196,7 +196,7 @@ def sweep_iterative(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, e
     x = x.detach()
     xf = x.to(torch.float32)
     if clean_logits is None:
-        with eval_mode(model), torch.inference_mode():
+        with eval_mode(model), torch.no_grad():
             clean_logits = _forward_chunks(model, xf, max_forward_batch) if x.shape[0] else \
                 xf.new_empty((0, 2))
     predictions, linf, l2, mse, images, ssim = {}, {}, {}, {}, {}, {}

@@ -64,7 +64,7 @@ def tile_map(model: nn.Module, img, size: int = 64, batch: int = 256) -> torch.T
     """P(recaptured) per tile, float32 [rows, cols]."""
     tiles, (rows, cols) = tiles_of(img, size)
     device = next(model.parameters()).device
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.no_grad():
         probs = torch.cat([torch.softmax(model(tiles[i:i + batch].to(device).float()), 1)[:, 1]
                            for i in range(0, tiles.shape[0], batch)])
     return probs.reshape(rows, cols).cpu()

@@ -251,7 +251,7 @@ def predict_images(model: nn.Module, adv: torch.Tensor, shape: tuple, batch: int
                    ) -> torch.Tensor:
     """Predicted classes [*shape, batch] of the adversarial images ``adv`` (prod(shape) batches of ``batch``
     images), in pure eval-mode forwards of at most ``max_forward_batch`` images (:func:`_forward_chunks`)."""
-    with eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.no_grad():
         if adv.numel():
             return _forward_chunks(model, adv, max_forward_batch).reshape(*shape, batch, -1).argmax(dim=-1)
     return torch.zeros((*shape, batch), dtype=torch.long, device=adv.device)
@@ -267,7 +267,7 @@ def sweep(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: Sequen
 
     One forward and one backward pass give every attack's gradient, and ``recapfast.ops.perturb`` writes all
     eps at once (:func:`shared_gradient_images`); the adversarial forwards of all attacks and
-    eps run batched (chunks of ``max_forward_batch`` images) under ``inference_mode``.
+    eps run batched (chunks of ``max_forward_batch`` images) under ``no_grad`` (what it returns are ordinary tensors).
     ``metrics``: "fast" (L-inf, L2, MSE; default), "full" (and SSIM), "none" (all NaN).
     """
     eps = [float(e) for e in eps]

@@ -28,7 +28,7 @@ from torch import nn
 
 from recapfast.attacks.single_step import ATTACKS, sweep
 from recapfast.attacks.iterative import ITERATIVE_ATTACKS, IterativeConfig, sweep_iterative
-from recapfast.metrics import METRIC_LEVELS, ssim as ssim_metric
+from recapfast.metrics import METRIC_LEVELS, one_hot, ssim as ssim_metric
 from recapfast.data.folder import CLASS_NAMES, Batch, PatchDataset, discover, make_loader
 
 
@@ -180,7 +180,7 @@ class Evaluator:
                 getattr(res, part).update(getattr(more, part))
         if self.trust is not None:
             self.trust.update(x, y, res, self.metrics)
-        onehot = torch.nn.functional.one_hot(y, self.per_class.numel())
+        onehot = one_hot(y, self.per_class.numel())
         self.per_class += onehot.sum(0)
         clean_ok = res.clean_predictions == y
         self.clean_correct += (onehot * clean_ok.unsqueeze(1)).sum(0)

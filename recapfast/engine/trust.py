@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from recapfast.attacks.apgd import APGDConfig, apgd_attack
 from recapfast.attacks.single_step import SweepResult, _forward_chunks, eval_mode
+from recapfast.metrics import one_hot
 from recapfast.engine.detection import ScoreStore, recaptured_log_odds, summary
 from recapfast.engine.masking import BLACK_BOX, TARGETED, MaskingThresholds, masking_checks
 from recapfast.attacks.square import SquareConfig, square_attack
@@ -140,7 +141,7 @@ class TrustAccumulator:
         ok = preds == y.unsqueeze(0)
         okf = ok.to(torch.float32)
         self.discordant += torch.round(okf @ (1.0 - okf).T).to(torch.long)
-        onehot_y = F.one_hot(y, self.num_classes)
+        onehot_y = one_hot(y, self.num_classes)
         c = self.num_classes
         self.confusion += torch.zeros((len(self.keys), c * c), dtype=torch.long, device=y.device).scatter_add_(
             1, y.unsqueeze(0) * c + preds, torch.ones_like(preds)).view(-1, c, c)

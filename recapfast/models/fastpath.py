@@ -92,13 +92,13 @@ class FoldedLaplacianCNN:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, classes] of a batch (uint8 or float32 pixels [0, 255]); no autograd graph."""
-        with torch.inference_mode():
+        with torch.no_grad():
             return F.linear(self._features(x, None), self.fc_weight, self.fc_bias)
 
     def forward_saving(self, x: torch.Tensor) -> tuple[torch.Tensor, _Saved]:
         """Logits plus what :meth:`input_grads` needs."""
         pre: list[torch.Tensor] = []
-        with torch.inference_mode():
+        with torch.no_grad():
             logits = F.linear(self._features(x, pre), self.fc_weight, self.fc_bias)
         return logits, _Saved(x, pre)
 
@@ -112,7 +112,7 @@ class FoldedLaplacianCNN:
         x, pre = saved.x, saved.pre
         batch = x.shape[0]
         k = cotangents.shape[0] // batch if batch else 0
-        with torch.inference_mode():
+        with torch.no_grad():
             g = cotangents.to(torch.float32) @ self.fc_weight                          # [kB, C5]
             last = pre[4]
             area = last.shape[2] * last.shape[3]
