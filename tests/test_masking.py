@@ -115,4 +115,21 @@ def test_masked_model_is_flagged_and_its_plain_twin_is_not(synth_dir):
     assert masked["zero_or_nonfinite_gradients"]["evidence"][0]["zero_gradient_patches"] == 48
     bb = masked["black_box_beats_white_box"]
     assert bb["status"] == "flagged" and bb["evidence"][0]["fooled_only_by_black_box"] > 0
-    assert all(c["status"] == "passed" for c in plain.values())
+    assert all(c["status"] == "passed" for name, c in plain.items() if name != "worst_case_rises_with_eps")
+    assert plain["worst_case_rises_with_eps"]["status"] == "not run"          # one eps: nothing to compare
+
+
+def test_worst_case_rising_with_eps_is_flagged_and_counted():
+    """The worst case at eps 2 right on 40 patches more than at eps 1 (and on none fewer): flagged, and the
+    multiplicity note counts that sign test."""
+    from recapfast.engine.masking import masking_checks
+
+    acc = {("clean", 0.0): 0.9}
+    worst = {"eps": [1.0, 2.0], "accuracy": [0.2, 0.6], "steps": [[0, 40]]}
+    out = masking_checks([], [1.0, 2.0], 100, acc, {}, None, None, None, worst)
+    check = next(c for c in out["checks"] if c["check"] == "worst_case_rises_with_eps")
+    assert check["status"] == "flagged" and check["evidence"][0]["correct_only_under_higher"] == 40
+    assert out["multiplicity"]["comparisons"] == 1 and out["multiplicity"]["flagged_comparisons"] == 1
+    worst["steps"] = [[20, 20]]
+    out = masking_checks([], [1.0, 2.0], 100, acc, {}, None, None, None, dict(worst, accuracy=[0.4, 0.4]))
+    assert next(c for c in out["checks"] if c["check"] == "worst_case_rises_with_eps")["status"] == "passed"

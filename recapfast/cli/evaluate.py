@@ -58,7 +58,8 @@ def eval_command(
         raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
     attacks, eps_values = parse_attack_eps(attack, eps, quantize)
     step_size = check_step_size(step_size, quantize)
-    trust = trust_config(budget, jpeg=jpeg)
+    trust = trust_config(budget, jpeg=jpeg,
+                         cascade="auto" in [name.strip().lower() for name in attack.split(",")])
     iterative = IterativeConfig(steps=steps, step_size=step_size, seed=pgd_seed)
     universal = None
     if uap is not None:

@@ -22,6 +22,13 @@ The checks (each reported as flagged / passed / not run, with the cells and coun
 4. ``zero_or_nonfinite_gradients``: the input gradient of the cross-entropy at the clean patch is
    exactly zero everywhere, or not finite, for at least one patch (AutoAttack's rule: such patches are
    invisible to every gradient attack).
+5. ``worst_case_rises_with_eps``: the worst case (correct clean and under every attack) leaves more patches
+   correct at the next larger eps; with nested boxes it cannot, unless the attacks fail at random.
+
+Two more results come with the checks: ``degenerate_check`` (a model predicting one class for every
+clean patch, or with a clean ROC AUC within 0.05 of 0.5, is not worth attacking) and a multiplicity note:
+how many sign tests the checks ran (m), and the Bonferroni per-test threshold 0.05 / m at which a flag
+would hold family-wise at 0.05.
 
 Single-step attacks overshoot: FGSM on an undefended model often regains a point or two at a larger
 eps.  ``min_points`` (default 5) keeps such small, real non-monotonicities of a one-step attack from
@@ -76,11 +83,13 @@ def _cell_name(key) -> str:
 class _Compare:
     def __init__(self, patches: int, accuracy: dict, discordant: dict, thresholds: MaskingThresholds):
         self.n, self.acc, self.d, self.t = patches, accuracy, discordant, thresholds
+        self.comparisons = 0           # sign tests run: the multiplicity of the family of checks
 
     def worse(self, low, high) -> dict | None:
         """Evidence that cell ``low`` leaves significantly fewer patches correct than cell ``high``, else None."""
         wins, losses = self.d[(high, low)], self.d[(low, high)]    # correct only under high / only under low
         points = 100.0 * (self.acc[high] - self.acc[low])
+        self.comparisons += 1
         p = sign_test(wins, losses)
         if points >= self.t.min_points and p < self.t.alpha:
             return {"lower": _cell_name(low), "higher": _cell_name(high), "accuracy_lower": self.acc[low],
@@ -90,10 +99,12 @@ class _Compare:
 
 
 def masking_checks(attacks, eps, patches: int, accuracy: dict, discordant: dict, gradients: dict | None,
-                   black_box_only: dict | None = None, thresholds: MaskingThresholds | None = None) -> dict:
+                   black_box_only: dict | None = None, thresholds: MaskingThresholds | None = None,
+                   worst: dict | None = None) -> dict:
     """All checks.  ``accuracy[(attack, eps)]`` (and ``("clean", 0.0)``); ``discordant[(A, B)]`` as above;
     ``gradients``: {"checked", "zero", "nonfinite"}; ``black_box_only[eps]``: patches Square fools that
-    no gradient attack fools."""
+    no gradient attack fools; ``worst``: {"eps": ascending eps, "accuracy": [...], "steps": [[correct only at
+    the smaller eps, only at the larger], ...] for consecutive eps} of the worst case (5. below)."""
     t = thresholds or MaskingThresholds()
     cmp = _Compare(patches, accuracy, discordant, t)
     single = [a for a in attacks if a in SINGLE_STEP]
@@ -129,6 +140,17 @@ def masking_checks(attacks, eps, patches: int, accuracy: dict, discordant: dict,
                     ev["fooled_only_by_black_box"] = int(black_box_only.get(e, 0))
                 found.append(ev)
     check("black_box_beats_white_box", bool(bb and white), "needs square and a gradient attack", found)
+    found = []
+    if worst is not None:
+        for i, (only_small, only_large) in enumerate(worst["steps"]):
+            small, large = ("worst", worst["eps"][i]), ("worst", worst["eps"][i + 1])
+            sub = _Compare(patches, {small: worst["accuracy"][i], large: worst["accuracy"][i + 1]},
+                           {(small, large): only_small, (large, small): only_large}, t)
+            if (ev := sub.worse(small, large)) is not None:
+                found.append(ev)
+            cmp.comparisons += sub.comparisons
+    check("worst_case_rises_with_eps", worst is not None and len(worst["eps"]) > 1,
+          "needs the worst case of two attacks or more at two eps or more", found)
     if gradients is not None and gradients.get("checked", 0):
         bad = gradients["zero"] + gradients["nonfinite"]
         evidence = [{"zero_gradient_patches": gradients["zero"], "nonfinite_gradient_patches": gradients["nonfinite"],
@@ -136,7 +158,35 @@ def masking_checks(attacks, eps, patches: int, accuracy: dict, discordant: dict,
         check("zero_or_nonfinite_gradients", True, "", evidence)
     else:
         check("zero_or_nonfinite_gradients", False, "gradients were not checked", [])
-    return {"suspected": any(c["status"] == "flagged" for c in checks), "thresholds": asdict(t), "checks": checks}
+    m = cmp.comparisons
+    fw_threshold = FAMILY_WISE / m if m else float("nan")
+    flagged_pairs = [ev for c in checks for ev in c["evidence"] if "p_value" in ev]
+    multiplicity = {"comparisons": m, "alpha_per_comparison": t.alpha, "bonferroni_bound": min(1.0, m * t.alpha),
+                    "family_wise_alpha": FAMILY_WISE, "family_wise_threshold": fw_threshold,
+                    "flagged_comparisons": len(flagged_pairs),
+                    "flagged_below_family_wise_threshold": sum(ev["p_value"] < fw_threshold for ev in flagged_pairs)}
+    return {"suspected": any(c["status"] == "flagged" for c in checks), "thresholds": asdict(t), "checks": checks,
+            "multiplicity": multiplicity}
 
 
-__all__ = ["MaskingThresholds", "sign_test", "masking_checks", "SINGLE_STEP", "GRADIENT_ITERATIVE", "BLACK_BOX"]
+FAMILY_WISE = 0.05       # the family-wise error rate the multiplicity note reports its Bonferroni threshold for
+
+
+def degenerate_check(clean_confusion, auc: float | None, margin: float = 0.05) -> dict:
+    """A model that says one class for every clean patch, or ranks no better than chance (clean ROC AUC within
+    ``margin`` of 0.5), cannot be fooled in any meaningful way: its attack rows say nothing about robustness.
+    ``clean_confusion`` [true][predicted] counts of the clean patches."""
+    predicted = [sum(row[j] for row in clean_confusion) for j in range(len(clean_confusion[0]))] \
+        if clean_confusion else []
+    patches = sum(predicted)
+    reasons = []
+    if patches and sum(1 for n in predicted if n) == 1:
+        reasons.append(f"it predicts class {next(j for j, n in enumerate(predicted) if n)} for all {patches} "
+                       "clean patches")
+    if auc is not None and auc == auc and abs(auc - 0.5) <= margin:
+        reasons.append(f"its clean ROC AUC {auc:.3f} is within {margin:g} of chance (0.5)")
+    return {"check": "degenerate_model", "status": "flagged" if reasons else ("passed" if patches else "not run"),
+            "predicted_per_class": predicted, "clean_auc": auc, "auc_margin": margin, "reasons": reasons}
+
+
+__all__ = ["MaskingThresholds", "sign_test", "masking_checks", "degenerate_check", "FAMILY_WISE", "SINGLE_STEP", "GRADIENT_ITERATIVE", "BLACK_BOX"]

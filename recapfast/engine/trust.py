@@ -6,8 +6,12 @@ this module (apgd, square) and merges them into the batch's sweep result, then u
 counters and per-patch scores; nothing is read back until :meth:`TrustAccumulator.finish`.
 
 - ``auto`` = fgsm + apgd + square (AutoAttack's idea for two classes: the targeted APGD-DLR and FAB-T
-  need more classes).  The worst case counts a patch as robust at an eps only when it survives every
-  attack of the run at that eps.
+  need more classes), run as a cascade (``recapfast.engine.cascade``; ``TrustConfig.cascade``, set by
+  ``--attack auto``): its APGD and Square rows are cumulative.  The worst case counts a patch as robust
+  at an eps only when it is correct clean AND survives every attack of the run at that eps (AutoAttack's
+  robust accuracy), so it is never above the clean row or any attack's row.
+- Each eval also reports ``masking["degenerate"]`` (one predicted class, or a clean AUC near 0.5) and
+  ``masking["multiplicity"]`` (how many sign tests the checks ran and the family-wise threshold).
 - Detection metrics (``recapfast.engine.detection``) clean and per (attack, eps); the adversarial logits come
   from one extra batched forward of the adversarial images for the attacks whose sweep does not
   return logits.
@@ -25,12 +29,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from recapfast.attacks.apgd import APGDConfig, apgd_attack
+from recapfast.attacks.apgd import APGDConfig, apgd_attack, apgd_rows
 from recapfast.attacks.single_step import SweepResult, _forward_chunks, eval_mode
 from recapfast.metrics import one_hot
 from recapfast.engine.detection import ScoreStore, recaptured_log_odds, summary
-from recapfast.engine.masking import BLACK_BOX, TARGETED, MaskingThresholds, masking_checks
-from recapfast.attacks.square import SquareConfig, square_attack
+from recapfast.engine.cascade import CASCADE, STAGES, cascade_extra
+from recapfast.engine.masking import BLACK_BOX, TARGETED, MaskingThresholds, degenerate_check, masking_checks
+from recapfast.attacks.square import SquareConfig, square_attack, square_rows
 
 EXTRA_ATTACKS = ("apgd", "square")
 AUTO_ATTACKS = ("fgsm", "apgd", "square")
@@ -54,6 +59,7 @@ class TrustConfig:
     gradients: bool = True
     jpeg: tuple = ()
     thresholds: MaskingThresholds = field(default_factory=MaskingThresholds)
+    cascade: bool = False          # --attack auto: fgsm -> apgd -> square (recapfast.engine.cascade)
 
 
 def run_extra_attack(model, x, y, eps: float, attack: str, quantize: bool = True,
@@ -70,16 +76,21 @@ def run_extra_attack(model, x, y, eps: float, attack: str, quantize: bool = True
 def sweep_extra(model, x, y, eps: Sequence[float], attacks: Sequence[str], quantize: bool = True,
                 config: TrustConfig | None = None, max_forward_batch: int = 1024,
                 metrics: str = "full") -> tuple[SweepResult, dict]:
-    """(SweepResult without clean logits, {attack: logits [E, B, C]}) of apgd/square, one run per eps;
+    """(SweepResult without clean logits, {attack: logits [E, B, C]}) of apgd/square, all eps in one run;
     ``metrics``: the perturbation metrics computed (recapfast.metrics.perturbation_stats)."""
     from recapfast.metrics import perturbation_stats
 
     xf = x.detach().to(torch.float32)
     n_eps, batch = len(eps), x.shape[0]
     predictions, linf, l2, mse, images, ssim, logits_out = {}, {}, {}, {}, {}, {}, {}
+    config = config or TrustConfig()
     for name in attacks:
-        adv = torch.stack([run_extra_attack(model, x, y, e, name, quantize, config) for e in eps])
-        with eval_mode(model), torch.inference_mode():
+        if name not in EXTRA_ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(EXTRA_ATTACKS)}")
+        run = apgd_rows if name == "apgd" else square_rows
+        board = run(model, x, y, eps, getattr(config, name), quantize)           # every eps in one batch of rows
+        adv = board.view(board.out)
+        with eval_mode(model), torch.no_grad():
             logits = _forward_chunks(model, adv, max_forward_batch).reshape(n_eps, batch, -1)
         logits_out[name] = logits
         predictions[name] = logits.argmax(dim=-1)
@@ -114,7 +125,10 @@ class TrustAccumulator:
         k, e, c, q = len(self.keys), len(self.eps), num_classes, len(self.config.jpeg)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
         self.discordant = z(k, k)          # [i, j]: correct under cell i and wrong under cell j
-        self.worst_correct = z(e, c)       # correct under every attack at eps, per class
+        self.worst_correct = z(e, c)       # correct clean and under every attack at eps, per class
+        self.worst_steps = z(max(e - 1, 0), 2)   # consecutive eps (ascending): [i, 0] correct only at the smaller
+        self.stages = z(e, len(STAGES))    # auto cascade: which attack fooled each (patch, eps) first
+        self.inherited = z(e)              # auto cascade: fooled at a smaller eps, not attacked at this one
         self.black_box_only = z(e)         # fooled by square, by no gradient attack
         self.gradient_counts = z(3)        # checked, zero, non-finite
         self.confusion = z(k, c, c)        # [cell, true, predicted]
@@ -131,9 +145,16 @@ class TrustAccumulator:
     def update(self, x: torch.Tensor, y: torch.Tensor, res: SweepResult, metrics: str = "full") -> None:
         """Run apgd/square into ``res`` (before the Evaluator counts it), then accumulate."""
         logits = {}
-        if self.extra_attacks:
+        cascade = self.config.cascade and all(a in self.attacks for a in CASCADE)
+        if cascade:
+            more, logits, stage, inherited = cascade_extra(self.model, x, y, self.eps, res, self.config,
+                                                           self.quantize, metrics)
+            self.stages += one_hot(stage, len(STAGES)).sum(1)
+            self.inherited += inherited.sum(1)
+        elif self.extra_attacks:
             more, logits = sweep_extra(self.model, x, y, self.eps, self.extra_attacks, self.quantize, self.config,
                                        metrics=metrics)
+        if cascade or self.extra_attacks:
             for part in ("predictions", "linf", "l2", "mse", "ssim", "images"):
                 getattr(res, part).update(getattr(more, part))
         preds = torch.stack([res.clean_predictions] + [res.predictions[a][j] for a in self.attacks
@@ -148,7 +169,12 @@ class TrustAccumulator:
         self.flipped += (ok[:1] & ~ok).sum(1)
         adv_ok = ok[1:].reshape(len(self.attacks), len(self.eps), -1) if self.attacks else None
         if adv_ok is not None:
-            self.worst_correct += (adv_ok.all(0).unsqueeze(-1) * onehot_y.unsqueeze(0)).sum(1)
+            worst = adv_ok.all(0) & ok[:1]          # robust = correct clean AND under every attack (AutoAttack's)
+            self.worst_correct += (worst.unsqueeze(-1) * onehot_y.unsqueeze(0)).sum(1)
+            if len(self.eps) > 1:
+                order = sorted(range(len(self.eps)), key=lambda i: self.eps[i])
+                small, large = worst[order[:-1]], worst[order[1:]]
+                self.worst_steps += torch.stack([(small & ~large).sum(1), (~small & large).sum(1)], 1)
             white = [i for i, a in enumerate(self.attacks) if a not in BLACK_BOX and a not in TARGETED]
             for i, a in enumerate(self.attacks):
                 if a in BLACK_BOX and white:
@@ -192,7 +218,8 @@ class TrustAccumulator:
         if not distributed.current().enabled:
             return
         distributed.all_reduce_sum_([self.discordant, self.worst_correct, self.black_box_only, self.gradient_counts,
-                                     self.confusion, self.jpeg_correct, self.jpeg_survived, self.flipped])
+                                     self.confusion, self.jpeg_correct, self.jpeg_survived, self.flipped,
+                                     self.worst_steps, self.stages, self.inherited])
         import numpy as np
 
         parts = distributed.all_gather_objects(self.scores.read())
@@ -211,15 +238,25 @@ class TrustAccumulator:
         accuracy.update({(c.attack, c.eps): c.accuracy for c in result.cells})
         grads = dict(zip(("checked", "zero", "nonfinite"), self.gradient_counts.cpu().tolist()))
         bb_only = dict(zip(self.eps, self.black_box_only.cpu().tolist()))
+        worst = self.worst_correct.cpu().tolist()
+        order = sorted(range(len(self.eps)), key=lambda i: self.eps[i])
+        worst_summary = {"eps": [self.eps[i] for i in order],
+                         "accuracy": [ratio(sum(worst[i]), patches) for i in order],
+                         "steps": self.worst_steps.cpu().tolist()} if len(self.attacks) >= 2 else None
         result.masking = masking_checks(self.attacks, self.eps, patches, accuracy, discordant,
                                         grads if self.config.gradients else None,
-                                        bb_only, self.config.thresholds)
+                                        bb_only, self.config.thresholds, worst_summary)
         if len(self.attacks) >= 2:
-            worst = self.worst_correct.cpu().tolist()
-            result.worst_case = {"attacks": list(self.attacks), "cells": [
+            result.worst_case = {"attacks": list(self.attacks), "definition": "correct when clean and under every "
+                                 "attack at that eps", "cells": [
                 {"eps": e, "correct": sum(worst[j]), "accuracy": ratio(sum(worst[j]), patches),
                  "accuracy_per_class": [ratio(c, n) for c, n in zip(worst[j], result.patches_per_class)]}
                 for j, e in enumerate(self.eps)]}
+            if self.config.cascade and all(a in self.attacks for a in CASCADE):
+                stages, inherited = self.stages.cpu().tolist(), self.inherited.cpu().tolist()
+                result.worst_case["cascade"] = {"order": list(CASCADE), "first_fooled_by": [
+                    {"eps": e, **dict(zip(STAGES, stages[j])), "inherited_from_smaller_eps": inherited[j]}
+                    for j, e in enumerate(self.eps)]}
         if self.config.detection and patches:      # no patch (every file skipped): no scores to rank
             labels, scores = self._gathered if self._gathered is not None else self.scores.read()
             confusion = self.confusion.cpu().tolist()
@@ -227,6 +264,9 @@ class TrustAccumulator:
                      for i, (a, e) in enumerate(self.keys)]
             result.detection = {"score": "log-odds of p(recaptured)", "positive_class": result.class_names[1]
                                 if len(result.class_names) > 1 else 1, "clean": cells[0], "cells": cells[1:]}
+        if patches:
+            clean_auc = result.detection["clean"]["auc"] if result.detection else None
+            result.masking["degenerate"] = degenerate_check(self.confusion[0].cpu().tolist(), clean_auc)
         if self.config.jpeg:
             correct, survived = self.jpeg_correct.cpu().tolist(), self.jpeg_survived.cpu().tolist()
             flipped = self.flipped.cpu().tolist()

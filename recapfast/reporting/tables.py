@@ -32,16 +32,27 @@ def clean_line(result) -> str:
             f"({result.patch_size}x{result.patch_size}) from {result.files} files [{per_class}]")
 
 
+def method_labels(result) -> dict:
+    """Row label of each attack: its name, or for the cumulative rows of an ``auto`` cascade the chain that
+    produced them (``FGSM > APGD``: the accuracy left after FGSM, then APGD on the survivors)."""
+    label = {name: name.upper() for name in result.attacks}
+    cascade = ((getattr(result, "worst_case", None) or {}).get("cascade") or {}).get("order", [])
+    for i, name in enumerate(cascade[1:], start=2):
+        label[name] = " > ".join(a.upper() for a in cascade[:i])
+    return label
+
+
 def result_markdown(result) -> str:
     """Paper-style tables: accuracy under attack (Tables 2/3 layout), success rate, distortion."""
     head = ["method"] + [f"eps={eps_label(e)}" for e in result.eps]
     acc_rows, asr_rows, dist_rows = [], [], []
+    label = method_labels(result)
     for name in result.attacks:
         cells = [result.cell(name, e) for e in result.eps]
-        acc_rows.append([name.upper()] + [pct(c.accuracy) for c in cells])
-        asr_rows.append([name.upper()] + [pct(c.success_rate) for c in cells])
+        acc_rows.append([label[name]] + [pct(c.accuracy) for c in cells])
+        asr_rows.append([label[name]] + [pct(c.success_rate) for c in cells])
         for c in cells:
-            dist_rows.append([name.upper(), eps_label(c.eps), num(c.mean_linf), num(c.mean_l2), num(c.mean_psnr),
+            dist_rows.append([label[name], eps_label(c.eps), num(c.mean_linf), num(c.mean_l2), num(c.mean_psnr),
                               num(getattr(c, "mean_ssim", float("nan")), 4)])
     worst = getattr(result, "worst_case", None)
     if worst:

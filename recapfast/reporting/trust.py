@@ -24,7 +24,21 @@ _TITLES = {
     "accuracy_rises_with_eps": "accuracy rises with eps",
     "black_box_beats_white_box": "black-box Square beats the gradient attacks",
     "zero_or_nonfinite_gradients": "zero or non-finite gradients",
+    "worst_case_rises_with_eps": "worst case rises with eps",
 }
+
+
+def cascade_markdown(result) -> list[str]:
+    """Which attack fooled each patch first, per eps, in the ``auto`` cascade."""
+    c = result.worst_case["cascade"]
+    order = " > ".join(a.upper() for a in c["order"])
+    rows = [[eps_label(r["eps"]), str(r["clean"]), str(r["fgsm"]), str(r["apgd"]), str(r["square"]), str(r["robust"]),
+             str(r["inherited_from_smaller_eps"])] for r in c["first_fooled_by"]]
+    return [f"`auto` ran as a cascade ({order}): each attack only on the patches every earlier one failed to "
+            "fool, a patch fooled at a smaller eps counted as fooled at every larger one; so the APGD and SQUARE "
+            "rows above are cumulative. First fooled by (patches):", "",
+            _table(["eps", "wrong clean", "FGSM", "APGD", "Square", "robust", "of which at a smaller eps"], rows),
+            "", "Stand-alone rows of each attack: `--attack fgsm,apgd,square`.", ""]
 
 
 def masking_markdown(masking: dict) -> list[str]:
@@ -46,6 +60,20 @@ def masking_markdown(masking: dict) -> list[str]:
     parts += ["", f"A comparison flags when the accuracy difference is >= {t['min_points']:g} points of all patches "
                   f"and the one-sided sign test on the patches that differ gives p < {t['alpha']:g}; gradients are "
                   "flagged when any patch has an all-zero or non-finite one.", ""]
+    m = masking.get("multiplicity")
+    if m:
+        parts += [f"Multiplicity: the checks ran {m['comparisons']} sign test(s) at p < {m['alpha_per_comparison']:g} "
+                  f"each, so by Bonferroni the chance that any flags by noise alone is at most "
+                  f"{m['bonferroni_bound']:.3g}; family-wise at {m['family_wise_alpha']:g} a test needs p < "
+                  f"{m['family_wise_threshold']:.3g}, which {m['flagged_below_family_wise_threshold']} of the "
+                  f"{m['flagged_comparisons']} flagged comparison(s) meet.", ""]
+    d = masking.get("degenerate")
+    if d and d["status"] == "flagged":
+        parts += [f"**Degenerate model**: {'; '.join(d['reasons'])}. Its attack rows say nothing about robustness: "
+                  "a model that cannot tell the classes apart cannot be fooled.", ""]
+    elif d and d["status"] == "passed":
+        parts += ["Degenerate-model check passed (both classes predicted; clean ROC AUC "
+                  + (f"{d['clean_auc']:.3f})." if d["clean_auc"] is not None else "not computed)."), ""]
     return parts
 
 
@@ -92,8 +120,10 @@ def trust_markdown(result) -> list[str]:
                         f"seed {q['seed']}")
         parts += ["; ".join(bits) + " (per eps, on the uint8 grid)" if bits else "", ""]
     if getattr(result, "worst_case", None):
-        parts += [f"Worst case: a patch counts as robust at an eps only when it survives every attack of the run "
-                  f"({', '.join(a.upper() for a in result.worst_case['attacks'])}).", ""]
+        parts += [f"Worst case: a patch counts as robust at an eps only when it is correct clean and survives every "
+                  f"attack of the run ({', '.join(a.upper() for a in result.worst_case['attacks'])}).", ""]
+        if result.worst_case.get("cascade"):
+            parts += cascade_markdown(result)
     if getattr(result, "masking", None):
         parts += masking_markdown(result.masking)
     if getattr(result, "detection", None):
@@ -103,4 +133,4 @@ def trust_markdown(result) -> list[str]:
     return parts
 
 
-__all__ = ["trust_markdown", "masking_markdown", "detection_markdown", "jpeg_markdown"]
+__all__ = ["trust_markdown", "masking_markdown", "cascade_markdown", "detection_markdown", "jpeg_markdown"]
