@@ -20,7 +20,7 @@ import torch
 from . import common
 from .common import log
 
-WORKLOADS = ("eval-sweep", "scaling", "train-step", "screen-probe", "floor", "data-pipeline", "kernels")
+WORKLOADS = ("eval-sweep", "scaling", "train-step", "screen-probe", "floor", "data-pipeline", "kernels", "auto")
 
 
 def plan(mode: str) -> dict:
@@ -29,17 +29,20 @@ def plan(mode: str) -> dict:
         return {"sizes": (64, 256), "counts": {64: 128, 256: 16}, "batch": {64: 64, 256: 8}, "reps": 7,
                 "scaling_reps": 7, "scaling_batch": 32, "train_reps": 7, "robust_iters": 20, "screen_reps": 7,
                 "screen_count": 16, "floor_sizes": (64, 256), "floor_reps": 7,
-                "pipeline": {64: (300, 11), 256: (16, 2024)}, "kernel_sizes": (64,), "kernel_reps": 7}
+                "pipeline": {64: (300, 11), 256: (16, 2024)}, "kernel_sizes": (64,), "kernel_reps": 7,
+                "auto_sizes": (64, 256), "auto_counts": {64: 4, 256: 1}, "auto_reps": 7}
     if mode == "full":
         return {"sizes": (64, 128, 256, 512), "counts": {64: 512, 128: 256, 256: 128, 512: 32},
                 "batch": {64: 64, 128: 64, 256: 32, 512: 8}, "reps": 9, "scaling_reps": 9, "scaling_batch": 64,
                 "train_reps": 9, "robust_iters": 300, "screen_reps": 9, "screen_count": 64,
                 "floor_sizes": (64, 256, 512), "floor_reps": 9, "pipeline": {64: (300, 11), 256: (64, 2024)},
-                "kernel_sizes": (64, 256, 512), "kernel_reps": 9}
+                "kernel_sizes": (64, 256, 512), "kernel_reps": 9,
+                "auto_sizes": (64, 256), "auto_counts": {64: 32, 256: 4}, "auto_reps": 9}
     return {"sizes": (64, 128, 256), "counts": {64: 256, 128: 128, 256: 64}, "batch": {64: 64, 128: 64, 256: 32},
             "reps": 7, "scaling_reps": 7, "scaling_batch": 64, "train_reps": 7, "robust_iters": 100,
             "screen_reps": 7, "screen_count": 32, "floor_sizes": (64, 256), "floor_reps": 7,
-            "pipeline": {64: (300, 11), 256: (64, 2024)}, "kernel_sizes": (64, 256), "kernel_reps": 7}
+            "pipeline": {64: (300, 11), 256: (64, 2024)}, "kernel_sizes": (64, 256), "kernel_reps": 7,
+            "auto_sizes": (64, 256), "auto_counts": {64: 16, 256: 2}, "auto_reps": 7}
 
 
 def kernels_workload(sizes, reps: int, threads: int) -> dict:
@@ -161,6 +164,17 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
         w["floor"] = floor.run(model, p["floor_sizes"], p["floor_reps"], threads=main_threads)
     if "data-pipeline" in only:
         w["data_pipeline"] = data_pipeline.run(p["pipeline"], p["reps"])
+    if "auto" in only:
+        import recapfast as rf
+
+        from . import auto
+
+        models = {name: rf.load_model(name) for name in ("baseline", "robust")}
+        w["auto"] = auto.run(models, p["auto_sizes"], p["auto_counts"], p["auto_reps"], threads=main_threads)
+        for extra in threads[1:]:             # the other thread counts: the baseline at 64 px, no ART
+            more = auto.run({"baseline": models["baseline"]}, (64,), p["auto_counts"], p["auto_reps"], threads=extra,
+                            art_sizes=())
+            w["auto"]["rows"] += more["rows"]
     if "kernels" in only and not ext_error and p["kernel_sizes"]:
         w["kernels"] = kernels_workload(p["kernel_sizes"], p["kernel_reps"], main_threads)
     meta["seconds_total"] = round(time.perf_counter() - t0, 1)
@@ -168,6 +182,8 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
     out_dir = Path(out_dir or common.RESULTS)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = meta["slug"] if stamp else "bench"
+    if only == ["auto"]:
+        stem = f"auto-{stem}"             # its own file: the README's main section keeps the newest full run
     json_path = out_dir / f"{stem}.json"
     write_text(json_path, json.dumps(results, indent=1) + "\n")
     write_text(json_path.with_suffix(".md"), markdown(results))

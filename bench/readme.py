@@ -14,20 +14,26 @@ import json
 import sys
 from pathlib import Path
 
-from .report import _flip_note, _floor_lines, eval_table, sweep_run, targets, thread_lines
+from .report import _flip_note, _floor_lines, auto_lines, auto_targets, eval_table, sweep_run, targets, thread_lines
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
 
+def latest_auto() -> Path | None:
+    """The newest strong-attack results (``python -m bench --only auto`` writes auto-<machine>.json), or None."""
+    files = list(RESULTS.glob("auto-*.json"))
+    return max(files, key=lambda p: (json.loads(p.read_text())["meta"]["date"], p.name)) if files else None
+
+
 def latest() -> Path:
-    files = [p for p in RESULTS.glob("*.json") if not p.name.startswith(("kernels-", "ablation-"))]
+    files = [p for p in RESULTS.glob("*.json") if not p.name.startswith(("kernels-", "ablation-", "auto-"))]
     if not files:
         raise SystemExit("bench.readme: no results under bench/results; run `python -m bench --quick` first")
     return max(files, key=lambda p: (json.loads(p.read_text())["meta"]["date"], p.name))
 
 
-def section(results: dict, source: str) -> str:
+def section(results: dict, source: str, auto: dict | None = None, auto_source: str | None = None) -> str:
     m, w = results["meta"], results["workloads"]
     run = sweep_run(results)
     threads = run["threads"] if run else m["torch_threads"][0]
@@ -57,6 +63,13 @@ def section(results: dict, source: str) -> str:
     if fl:
         lines += ["", "Distance to this CPU's convolution floor (one pure forward):", "", *_floor_lines(fl)]
     tg = targets(results)
+    if auto is not None:
+        am = auto["meta"]
+        lines += ["", f"Strong attacks measured on **{am['machine']}** ({am['cores']} cores, {am['date']}, commit "
+                      f"`{am['git_commit']}`, 1-min load {am['load_avg_1min_at_start']} at the start, "
+                      f"{am.get('load_avg_1min_at_end')} at the end):", "",
+                  *auto_lines(auto["workloads"]["auto"], auto_source)]
+        tg = tg + auto_targets(auto["workloads"]["auto"])
     if tg:
         lines += ["", "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in tg]
@@ -78,6 +91,11 @@ def replace_section(readme: str, text: str) -> str:
     return f"{head}{BEGIN}\n{text}{END}{tail}"
 
 
+def auto_section_args(path: Path | None) -> tuple:
+    """(auto results, their source name) for :func:`section`, or () without any."""
+    return (json.loads(path.read_text()), source_name(path)) if path is not None else ()
+
+
 def readme_section(readme: str) -> str:
     """The text between the markers (what :func:`section` must produce)."""
     return readme.split(BEGIN, 1)[1].split(END, 1)[0].lstrip("\n")
@@ -89,7 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--write", type=Path, default=None, help="replace the section in this README")
     args = parser.parse_args(argv)
     path = args.results or latest()
-    text = section(json.loads(path.read_text()), source_name(path))
+    auto = latest_auto()
+    text = section(json.loads(path.read_text()), source_name(path), *auto_section_args(auto))
     if args.write is None:
         sys.stdout.write(text)
         return 0

@@ -122,6 +122,48 @@ def _timed_section(title: str, setup: str, workload: dict, columns: list[str]) -
             "| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
 
 
+def auto_lines(auto: dict, source: str | None = None) -> list[str]:
+    """The strong-attack table: `recapfast eval --attack auto` and APGD alone against the peers (CPU time)."""
+    lines = [f"Strong attacks (FGSM + APGD-CE {auto['apgd_steps']} steps + Square {auto['square_queries']} queries, "
+             f"1 restart each, eps {', '.join(f'{e:g}' for e in auto['eps'])}; CPU time, median of "
+             f"{auto['rows'][0]['reps'] if auto['rows'] else '?'}"
+             + (f"; [{source}]({source})" if source else "") + "). recapfast `auto` is `recapfast eval --attack auto` "
+             "end to end from the PNG folder (a cascade with early stopping); the torchattacks loop runs its FGSM, "
+             "APGD and Square on every patch at every eps on decoded patches; robust = patches correct clean and "
+             "under all three, per eps.", "",
+             "| model | px | patches | threads | recapfast auto s | torchattacks loop s | x | ART AutoAttack s | x | "
+             "APGD alone: recapfast s | torchattacks s | x | robust per eps (recapfast / torchattacks) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in auto["rows"]:
+        c = r["contenders"]
+        get = lambda n: c.get(n, {}).get("cpu_s")  # noqa: E731
+        fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+        rob = f"{c['recapfast auto']['robust_per_eps']} / {c.get('torchattacks loop', {}).get('robust_per_eps', '–')}"
+        lines.append(f"| {r['model']} | {r['size']} | {r['patches']} | {r['threads']} | {fmt(get('recapfast auto'))} | "
+                     f"{fmt(get('torchattacks loop'))} | {fmt(r.get('auto_over_torchattacks_loop'))} | "
+                     f"{fmt(get('ART AutoAttack'))} | {fmt(r.get('auto_over_art'))} | "
+                     f"{fmt(get('recapfast APGD alone'))} | {fmt(get('torchattacks APGD alone'))} | "
+                     f"{fmt(r.get('apgd_over_torchattacks_apgd'))} | {rob} |")
+    if auto.get("missing"):
+        lines += ["", "Missing: " + "; ".join(f"{k} ({v})" for k, v in auto["missing"].items()) + "."]
+    return lines
+
+
+def auto_targets(auto: dict) -> list[tuple[str, str, bool]]:
+    out = []
+    for r in auto["rows"]:
+        if r["threads"] != 1:
+            continue
+        where = f"{r['model']}, {r['size']} px, 1 thread"
+        if "apgd_over_torchattacks_apgd" in r:
+            v = r["apgd_over_torchattacks_apgd"]
+            out.append((f"APGD alone >= 3x torchattacks' APGD ({where})", f"{v:.2f}x", v >= 3.0))
+        if "auto_over_torchattacks_loop" in r:
+            v = r["auto_over_torchattacks_loop"]
+            out.append((f"`eval --attack auto` >= 3x the torchattacks loop ({where})", f"{v:.2f}x", v >= 3.0))
+    return out
+
+
 def markdown(results: dict) -> str:
     m, w = results["meta"], results["workloads"]
     L = [f"# recapfast benchmark — {m['machine']} ({m['cores']} cores)", "",
@@ -143,10 +185,12 @@ def markdown(results: dict) -> str:
     notes = [f"- {c['label']}: {n}" for c in results["contenders"] for n in c["notes"]]
     if notes:
         L += ["", *notes]
-    tg = targets(results)
+    tg = targets(results) + (auto_targets(w["auto"]) if w.get("auto") else [])
     if tg:
         L += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
         L += [f"| {t} | {v} | {'yes' if ok else '**no**'} |" for t, v, ok in tg]
+    if w.get("auto"):
+        L += ["", "## Strong attacks (auto)", "", *auto_lines(w["auto"])]
     ev = w.get("eval_sweep")
     if ev:
         L += ["", "## Eval sweep", "",

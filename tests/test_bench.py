@@ -91,7 +91,7 @@ def test_readme_performance_section_is_generated_from_the_committed_results():
     """The README's figures are the newest committed results, verbatim (commit hash and every number)."""
     path = readme.latest()
     results = json.loads(path.read_text())
-    expected = readme.section(results, readme.source_name(path))
+    expected = readme.section(results, readme.source_name(path), *readme.auto_section_args(readme.latest_auto()))
     actual = readme.readme_section((ROOT / "README.md").read_text())
     assert actual == expected, "README performance section is stale: run `python -m bench.readme --write README.md`"
     assert results["meta"]["git_commit"] in actual
