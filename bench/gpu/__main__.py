@@ -114,7 +114,8 @@ def step_data(plan: dict, device: str) -> dict:
     folders, t0 = [], time.perf_counter()
     wanted = [(z, plan["counts"][z] // 2, 2024) for z in plan["sizes"]]
     wanted += [(z, plan["auto_counts"][z] // 2, 77) for z in plan["sizes"]]
-    wanted += [(plan["train"]["size"], plan["train"]["count"], 2024), (plan["screen"]["size"], plan["screen"]["count"] // 2, 31)]
+    wanted += [(plan["train"]["size"], plan["train"]["count"], 2024),
+               (plan["screen"]["size"], plan["screen"]["count"] // 2, 31)]
     for size, count, seed in dict.fromkeys(wanted):
         folders.append(synth_folder(size, count, seed=seed, workers=workers).name)
     return {"folders": folders, "workers": workers, "seconds": round(time.perf_counter() - t0, 1)}
@@ -137,10 +138,13 @@ def step_sweep(plan: dict, device: str) -> dict:
         entry = {"size": size, "images": images, "batch_size": bs, "modes": {}}
         outcomes: dict = {}
         warm = {n: (lambda f=f: f(*batches[0])) for n, f in fns.items()}
-        passes = {n: (lambda f=f, n=n: outcomes.__setitem__(n, eval_sweep._collect(f, batches))) for n, f in fns.items()}
-        log(f"gpu sweep {size}px model-only on {device}: {len(passes)} contenders x {plan['reps']} reps, {images} images")
+        passes = {n: (lambda f=f, n=n: outcomes.__setitem__(n, eval_sweep._collect(f, batches)))
+                  for n, f in fns.items()}
+        log(f"gpu sweep {size}px model-only on {device}: {len(passes)} contenders x {plan['reps']} reps, "
+            f"{images} images")
         entry["modes"]["model-only"] = _wall_rows(alternate(passes, plan["reps"], device, warmup=warm), images)
-        e2e = {c.name: (eval_sweep._recapfast_eval(model, c, root, size, bs, 0, threads) if c.name.startswith("recapfast")
+        e2e = {c.name: (eval_sweep._recapfast_eval(model, c, root, size, bs, 0, threads)
+                        if c.name.startswith("recapfast")
                         else eval_sweep._streamed(_on(fns[c.name], device), root, size, bs, 0)) for c in avail}
         log(f"gpu sweep {size}px end-to-end on {device}")
         entry["modes"]["end-to-end"] = _wall_rows(alternate(e2e, plan["reps"], device), images)

@@ -120,7 +120,8 @@ __global__ void ssim_map_kernel(const float* __restrict__ t1, const float* __res
     const float va = __fsub_rn(saa, __fmul_rn(ma, ma));
     const float cov = __fsub_rn(sax, __fmul_rn(ma, mx));
     const float pa = __fadd_rn(ma, 127.5f), px = __fadd_rn(mx, 127.5f);
-    const float num = __fmul_rn(__fadd_rn(__fmul_rn(__fmul_rn(2.0f, pa), px), w.c1), __fadd_rn(__fmul_rn(2.0f, cov), w.c2));
+    const float num =
+        __fmul_rn(__fadd_rn(__fmul_rn(__fmul_rn(2.0f, pa), px), w.c1), __fadd_rn(__fmul_rn(2.0f, cov), w.c2));
     const float den = __fmul_rn(__fadd_rn(__fadd_rn(__fmul_rn(pa, pa), __fmul_rn(px, px)), w.c1),
                                 __fadd_rn(__fadd_rn(va, vx), w.c2));
     map[i] = __fdiv_rn(num, den);
@@ -205,7 +206,8 @@ cudaError_t launch_adv_metrics_indexed(const x_t* x, const adv_t* adv, double* o
   cudaError_t err;
   if (ssim) {
     const int64_t n1 = planes_x * H * Wo, n2 = planes_x * Ho * Wo;
-    RECAPFAST_LAUNCH(fastpath_blocks(n1, sm_count), kFastpathThreads, stream, ssim_rows_kernel<x_t, x_t, index_t, true>)(
+    RECAPFAST_LAUNCH(fastpath_blocks(n1, sm_count), kFastpathThreads, stream,
+                     ssim_rows_kernel<x_t, x_t, index_t, true>)(
         x, x, w, s.ct1, s.ct2, nullptr, I(n1), I(0), I(planes_x), I(H), I(W), I(Wo));
     if ((err = cudaGetLastError()) != cudaSuccess) return err;
     RECAPFAST_LAUNCH(fastpath_blocks(n2, sm_count), kFastpathThreads, stream, ssim_clean_kernel<index_t>)(

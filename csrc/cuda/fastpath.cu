@@ -48,7 +48,9 @@ std::tuple<at::Tensor, at::Tensor> stem_pool_cuda(const at::Tensor& x, const at:
   same_device(x, bias, "stem_pool");
   const c10::cuda::CUDAGuard guard(x.device());
   const Where where(x, "stem_pool");
-  const auto lap = [&](const at::Tensor& s) { return cuda::laplacian_launch(s, where.sm_count, where.stream, "stem_pool"); };
+  const auto lap = [&](const at::Tensor& s) {
+    return cuda::laplacian_launch(s, where.sm_count, where.stream, "stem_pool");
+  };
   return cuda::stem_pool_launch(x, weight, bias, keep_pre, lap, where.sm_count, where.stream);
 }
 

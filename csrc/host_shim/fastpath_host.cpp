@@ -10,7 +10,8 @@
 // Ops (torch.ops.<namespace>.*), sm_count standing in for the device's SM count (it sizes the grid; a huge
 // value forces the 64-bit index path):
 //   relu_pool(h, sm_count), relu_pool_backward(grad_out, h, sm_count)
-//   stem_pool(x, weight, bias, keep_pre, sm_count) -> (pooled, pre), stem_pool_backward(grad_out, pre, weight, sm_count)
+//   stem_pool(x, weight, bias, keep_pre, sm_count) -> (pooled, pre)
+//   stem_pool_backward(grad_out, pre, weight, sm_count)
 //   adv_metrics(x, adv, ssim, sm_count, chunk_elems) -> [K, B, C, 3]
 //   fastpath_index_bits(op, planes_or_numel, chunk, H, W, sm_count) -> 32 or 64
 #include <ATen/ATen.h>
