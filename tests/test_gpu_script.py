@@ -30,7 +30,7 @@ def test_dry_run_runs_every_step(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["build.log", "results.json", "run.log", "tests.log"]
     results = json.loads((out / "results.json").read_text())
     steps = {s["step"]: s for s in results["steps"]}
-    assert list(steps) == ["env", "build", "tests", "data", "sweep", "auto", "train", "screen"]
+    assert list(steps) == ["env", "build", "tests", "data", "sweep", "kernels", "auto", "train", "screen"]
     assert all(s["status"] == "ok" for s in steps.values()), steps
     assert "build skipped: RECAPFAST_BACKEND=torch" in (out / "build.log").read_text()
     # the test selection collects (the GPU tests themselves skip on a CPU): the CUDA parity tests, the ops' cuda
@@ -50,6 +50,9 @@ def test_dry_run_runs_every_step(tmp_path):
     agree = {a["contender"]: a for a in sweep["agreement"]}
     assert agree["skilled"]["fgsm_identical"]
     assert all(r["wall_s"] > 0 for r in sweep["modes"]["model-only"])
+    assert w["kernels"]["backend"] == "torch" and {r["op"] for r in w["kernels"]["rows"]} == {
+        "relu_pool", "relu_pool_backward (2 cotangents)", "stem_pool (keep pre)", "stem_pool_backward (2 cotangents)",
+        "adv_metrics (10 batches)"}
     auto = w["auto"]
     assert set(auto["hooks"]) == {"bench.auto"}
     assert [c["size"] for c in auto["cli"]] == [32] and auto["cli"][0]["result"]

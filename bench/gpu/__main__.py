@@ -5,7 +5,8 @@ docs/gpu-run.md says what each measures).
 
 Steps (``STEPS``): data (synthesize every folder the others read), sweep (FGSM/LLCM eps 1..5 at each size:
 recapfast ext and torch backends, the skilled 20-line script, the torchattacks loop; model-only and
-end-to-end), auto (``AUTO_WORKLOADS``: the bench's ``auto`` workload when this tree has one, and
+end-to-end), kernels (every extension op vs its reference on the device; references only without the
+extension), auto (``AUTO_WORKLOADS``: the bench's ``auto`` workload when this tree has one, and
 ``recapfast eval --attack auto`` timed through the CLI), train (one optimizer step: plain, robust exact,
 robust fd), screen (``recapfast screen`` of a synthesized folder through the CLI, probing on and off),
 merge (every step's JSON into one results file). Each step writes DIR/<step>.json; ``--dry-run`` runs the
@@ -28,7 +29,7 @@ import torch
 from .. import common, eval_sweep, peers, train_step
 from ..common import alternate, contender_settings, load_folder, log, summary, synth_folder
 
-STEPS = ("data", "sweep", "auto", "train", "screen", "merge")
+STEPS = ("data", "sweep", "kernels", "auto", "train", "screen", "merge")
 SWEEP_CONTENDERS = ("recapfast-ext", "recapfast-torch", "skilled", "torchattacks")
 # The `auto` hook: bench modules tried in order for an `auto` workload (issue 23 adds it to bench/); each must
 # offer run(model, contenders, sizes, counts, batch_sizes, reps, device=...) -> dict, like eval_sweep.run.
@@ -37,9 +38,11 @@ AUTO_WORKLOADS = ("bench.auto",)
 PLANS = {
     "gpu": {"sizes": (64, 256, 512), "counts": {64: 512, 256: 128, 512: 64}, "batch": {64: 256, 256: 64, 512: 16},
             "reps": 5, "auto_counts": {64: 64, 256: 32, 512: 16}, "auto_args": [],
+            "kernel_batch": {64: 64, 256: 64, 512: 16},
             "train": {"batch": 64, "size": 64, "count": 64, "reps": 5},
             "screen": {"size": 256, "count": 32, "tile": 64}},
     "dry": {"sizes": (32,), "counts": {32: 8}, "batch": {32: 4}, "reps": 1, "auto_counts": {32: 4},
+            "kernel_batch": {32: 2},
             "auto_args": ["--apgd-steps", "2", "--square-queries", "4"],
             "train": {"batch": 4, "size": 32, "count": 4, "reps": 1},
             "screen": {"size": 32, "count": 2, "tile": 16}},
@@ -156,6 +159,29 @@ def step_sweep(plan: dict, device: str) -> dict:
     return out
 
 
+def step_kernels(plan: dict, device: str) -> dict:
+    """Every extension op vs its reference on the device (the profile behind the sweep's numbers)."""
+    from recapfast import ops
+
+    from ..kernels import cases, fastpath_cases, timeit_pair
+
+    backend = "torch" if _torch_only() or _ext_problem() else "ext"
+    rows = []
+    with contender_settings(backend, torch.get_num_threads()):
+        for size in plan["sizes"]:
+            batch = plan["kernel_batch"][size]
+            both = list(fastpath_cases(size, batch, device))
+            if backend == "ext":
+                both = list(cases(size, batch, device)) + both
+            for name, ext_fn, ref_fn in both:
+                t_ext, t_ref = timeit_pair(ext_fn, ref_fn, max(plan["reps"], 3), device)
+                rows.append({"op": name, "size": size, "batch": batch, "ext_ms": round(t_ext * 1e3, 3),
+                             "torch_ms": round(t_ref * 1e3, 3), "speedup": round(t_ref / t_ext, 2)})
+                log(f"gpu kernels {name:34s} {size:4d}px ext {t_ext * 1e3:8.3f} ms  torch {t_ref * 1e3:8.3f} ms")
+        active = ops.active_backend()
+    return {"backend": active, "rows": rows}
+
+
 def _cli(args: list[str], log: Path) -> float:
     """Wall seconds of one `python -m recapfast ...` run; its output goes to ``log``."""
     from recapfast.io.atomic import write_text
@@ -262,7 +288,7 @@ def main(argv=None) -> int:
         step_merge(work, Path(args.out or work), args.device, args.dry_run)
         return 0
     run = {"data": lambda: step_data(plan, args.device), "sweep": lambda: step_sweep(plan, args.device),
-           "auto": lambda: step_auto(plan, args.device, work), "train": lambda: step_train(plan, args.device),
+           "kernels": lambda: step_kernels(plan, args.device), "auto": lambda: step_auto(plan, args.device, work), "train": lambda: step_train(plan, args.device),
            "screen": lambda: step_screen(plan, args.device, work)}[args.step]
     t0 = time.perf_counter()
     result = run()

@@ -9,6 +9,7 @@
 #   tests   the CUDA tests (tests/test_cuda.py and every ext-on-CUDA variant: GPU_TESTS) with TF32 off
 #   data    synthesize every folder the bench steps read
 #   sweep   FGSM/LLCM eps 1..5 at 64, 256 and 512 px vs the torchattacks loop and the skilled 20-line script
+#   kernels every extension op vs its PyTorch reference on the GPU (the profile behind the sweep)
 #   auto    the bench's `auto` workload when present (bench/gpu: AUTO_WORKLOADS) and `recapfast eval --attack auto`
 #   train   one optimizer step: plain, robust exact, robust fd
 #   screen  `recapfast screen` of a synthesized folder, probing off and on
@@ -110,8 +111,8 @@ EOF
 cp "$WORK/build.log" "$OUT/build.log"
 step tests 150 "$PY" -m pytest -q -p no:cacheprovider "${PYTEST_MODE[@]}" "${GPU_TESTS[@]}" -k "$GPU_TESTS_K" -rs
 cp "$WORK/tests.log" "$OUT/tests.log"
-for s in data sweep auto train screen; do
-  case $s in data) b=90 ;; sweep) b=150 ;; auto) b=90 ;; train) b=40 ;; screen) b=60 ;; esac
+for s in data sweep kernels auto train screen; do
+  case $s in data) b=90 ;; sweep) b=150 ;; kernels) b=45 ;; auto) b=90 ;; train) b=40 ;; screen) b=60 ;; esac
   step "$s" "$b" "$PY" -m bench.gpu "$s" --work "$WORK" --device "$DEVICE" "${BENCH_ARGS[@]}"
 done
 "$PY" -m bench.gpu merge --work "$WORK" --out "$OUT" --device "$DEVICE" "${BENCH_ARGS[@]}" >> "$OUT/run.log" 2>&1
