@@ -67,3 +67,29 @@ def test_bad_argument_and_missing_out_are_one_line(tmp_path):
     environ = {k: v for k, v in os.environ.items() if k != "OUT"}
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run"], env=environ, capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and done.stderr.strip() == "error: bench/gpu/run.sh: set OUT to the results folder"
+
+
+def test_auto_hook_runs_a_present_workload_and_records_an_absent_or_failing_one(monkeypatch, tmp_path):
+    """bench/gpu's AUTO_WORKLOADS: a bench module with run(...) is called on the run's device and sizes."""
+    import importlib.machinery
+    import types
+
+    sys.path.insert(0, str(ROOT))
+    from bench.gpu import __main__ as gpu
+
+    monkeypatch.setenv("RECAPFAST_BACKEND", "torch")
+    monkeypatch.setenv("RECAPFAST_BENCH_CACHE", str(tmp_path))
+    calls = []
+    present = types.ModuleType("bench_auto_present")
+    present.__spec__ = importlib.machinery.ModuleSpec("bench_auto_present", None)
+    present.run = lambda model, cont, sizes, counts, batch, reps, device: calls.append((sizes, device)) or {"ok": 1}
+    failing = types.ModuleType("bench_auto_failing")
+    failing.__spec__ = importlib.machinery.ModuleSpec("bench_auto_failing", None)
+    failing.run = lambda *args, **kwargs: 1 / 0
+    monkeypatch.setitem(sys.modules, "bench_auto_present", present)
+    monkeypatch.setitem(sys.modules, "bench_auto_failing", failing)
+    monkeypatch.setattr(gpu, "AUTO_WORKLOADS", ("bench_auto_present", "bench_auto_failing", "bench_auto_absent"))
+    got = gpu.auto_hooks(gpu.PLANS["dry"], "cpu")
+    assert got["bench_auto_present"] == {"ok": 1} and calls == [((32,), "cpu")]
+    assert got["bench_auto_failing"].startswith("failed: ZeroDivisionError")
+    assert got["bench_auto_absent"].startswith("absent")

@@ -124,7 +124,14 @@ def step_data(plan: dict, device: str) -> dict:
     return {"folders": folders, "workers": workers, "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def step_sweep(plan: dict, device: str) -> dict:
+def _save(work: Path, step: str, result: dict) -> None:
+    """WORK/<step>.json now: a step killed by its time limit keeps the sizes it finished."""
+    from recapfast.io.atomic import write_text
+
+    write_text(work / f"{step}.json", json.dumps(result, indent=1) + "\n")
+
+
+def step_sweep(plan: dict, device: str, work: Path) -> dict:
     model, info = common.get_model(None, device)
     cont = _contenders(SWEEP_CONTENDERS)
     avail = [c for c in cont if c.available]
@@ -156,6 +163,7 @@ def step_sweep(plan: dict, device: str) -> dict:
             entry["agreement_reference"] = reference
             entry["agreement"] = eval_sweep.agreement(outcomes, reference)
         out["sizes"].append(entry)
+        _save(work, "sweep", {**out, "partial": True})
     return out
 
 
@@ -195,25 +203,39 @@ def _cli(args: list[str], log: Path) -> float:
     return seconds
 
 
-def step_auto(plan: dict, device: str, work: Path) -> dict:
-    out: dict = {"hooks": {}, "cli": []}
+def auto_hooks(plan: dict, device: str) -> dict:
+    """The bench's `auto` workloads (AUTO_WORKLOADS) that this tree has, each run on ``device``; the others
+    recorded as absent, a failing one with its error."""
+    out = {}
     for name in AUTO_WORKLOADS:
         if importlib.util.find_spec(name) is None:
-            out["hooks"][name] = "absent: this tree's bench has no auto workload (issue 23 adds it)"
+            out[name] = "absent: this tree's bench has no auto workload (issue 23 adds it)"
             continue
-        module = importlib.import_module(name)
         model, _ = common.get_model(None, device)
-        cont = _contenders(SWEEP_CONTENDERS)
-        out["hooks"][name] = module.run(model, cont, plan["sizes"], plan["auto_counts"], plan["batch"], plan["reps"],
-                                        device=device)
+        try:
+            out[name] = importlib.import_module(name).run(
+                model, _contenders(SWEEP_CONTENDERS), plan["sizes"], plan["auto_counts"], plan["batch"], plan["reps"],
+                device=device)
+        except Exception as err:  # noqa: BLE001 - a hook of another API must not cost the other timings
+            out[name] = f"failed: {type(err).__name__}: {err}"
+            log(f"gpu auto: the {name} hook failed: {err}")
+    return out
+
+
+def step_auto(plan: dict, device: str, work: Path) -> dict:
+    out: dict = {"cli": [], "hooks": {}}
     for size in plan["sizes"]:
         root = synth_folder(size, plan["auto_counts"][size] // 2, seed=77)
-        args = ["eval", str(root), "--attack", "auto", "--size", str(size), "--device", device, "--quiet", "--force",
-                "--batch-size", str(plan["batch"][size]), "--json", str(work / f"auto-{size}.json"), *plan["auto_args"]]
-        seconds = _cli(args, work / f"auto-{size}.log")
+        options = ["--attack", "auto", "--size", str(size), "--device", device,
+                   "--batch-size", str(plan["batch"][size]), *plan["auto_args"]]
+        seconds = _cli(["eval", str(root), *options, "--quiet", "--force", "--json", str(work / f"auto-{size}.json")],
+                       work / f"auto-{size}.log")
         result = json.loads((work / f"auto-{size}.json").read_text())
-        out["cli"].append({"size": size, "images": plan["auto_counts"][size], "wall_s": seconds, "result": result})
+        out["cli"].append({"size": size, "images": plan["auto_counts"][size], "wall_s": seconds, "options": options,
+                           "result": result})
         log(f"gpu auto {size}px: recapfast eval --attack auto {seconds:.2f} s")
+        _save(work, "auto", {**out, "partial": True})
+    out["hooks"] = auto_hooks(plan, device)
     return out
 
 
@@ -275,8 +297,6 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes (the CPU test of this script)")
     args = parser.parse_args(argv)
-    from recapfast.io.atomic import write_text
-
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -287,14 +307,15 @@ def main(argv=None) -> int:
     if args.step == "merge":
         step_merge(work, Path(args.out or work), args.device, args.dry_run)
         return 0
-    run = {"data": lambda: step_data(plan, args.device), "sweep": lambda: step_sweep(plan, args.device),
-           "kernels": lambda: step_kernels(plan, args.device), "auto": lambda: step_auto(plan, args.device, work), "train": lambda: step_train(plan, args.device),
+    run = {"data": lambda: step_data(plan, args.device), "sweep": lambda: step_sweep(plan, args.device, work),
+           "kernels": lambda: step_kernels(plan, args.device), "auto": lambda: step_auto(plan, args.device, work),
+           "train": lambda: step_train(plan, args.device),
            "screen": lambda: step_screen(plan, args.device, work)}[args.step]
     t0 = time.perf_counter()
     result = run()
     _sync(args.device)
     result["step_seconds"] = round(time.perf_counter() - t0, 1)
-    write_text(work / f"{args.step}.json", json.dumps(result, indent=1) + "\n")
+    _save(work, args.step, result)
     return 0
 
 
