@@ -4,6 +4,7 @@ tests/test_fastpath_kernels_host.py; cached under TORCH_EXTENSIONS_DIR like the 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import torch
@@ -36,8 +37,10 @@ def shim_build_name(broken: bool = False) -> str:
     return f"recapfast_host_shim_{'broken_' if broken else ''}{h.hexdigest()[:16]}"
 
 
+@functools.lru_cache(maxsize=None)
 def load_shim(broken: bool = False):
-    """The shim's ops (torch.ops.recapfast_host_shim, or the broken build's namespace), built once and cached."""
+    """The shim's ops (torch.ops.recapfast_host_shim, or the broken build's namespace), built once and cached;
+    loaded once per process (a second library registering the same namespace would abort it)."""
     from torch.utils import cpp_extension
 
     src, _ = shim_sources()
@@ -50,7 +53,8 @@ def load_shim(broken: bool = False):
     else:
         sources = ["fastpath_host.cpp"] if broken else ["host_kernels.cpp", "fastpath_host.cpp"]
         cpp_extension.load(name=name, sources=[str(src / "host_shim" / s) for s in sources],
-                           extra_cflags=SHIM_CFLAGS + (BROKEN_CFLAGS if broken else []), extra_ldflags=SHIM_LDFLAGS,
+                           extra_cflags=SHIM_CFLAGS + (BROKEN_CFLAGS if broken else []),
+                           extra_ldflags=list(SHIM_LDFLAGS),   # a copy: torch appends to it (and the hash reads it)
                            extra_include_paths=[str(src / "host_shim"), str(src)], build_directory=str(build_dir),
                            is_python_module=False, verbose=False)
     return getattr(torch.ops, BROKEN_NAMESPACE if broken else "recapfast_host_shim")
