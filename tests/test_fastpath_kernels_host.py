@@ -241,6 +241,33 @@ def test_a_planted_index_bug_fails_the_same_checks(broken, check):
         check(broken)
 
 
+# ------------------------------------------------------ dispatch: the wrappers send CUDA tensors to the extension
+
+def test_fast_path_wrappers_dispatch_cuda_tensors_to_an_extension_with_cuda(monkeypatch):
+    """No GPU needed: stand-ins that say they live on CUDA, an extension that says it has CUDA kernels. Each
+    wrapper must call its extension op (before issue 25 they went to the references on CUDA)."""
+    from types import SimpleNamespace
+
+    from recapfast.ops import _build
+
+    def on_cuda(shape, dtype=torch.float32):
+        return SimpleNamespace(shape=shape, dtype=dtype, device=torch.device("cuda"), dim=lambda: len(shape))
+
+    monkeypatch.setattr(ops, "active_backend", lambda: "ext")
+    monkeypatch.setattr(_build.STATE, "with_cuda", True)
+    calls = []
+    for name in ("relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "adv_metrics"):
+        monkeypatch.setattr(torch.ops.recapfast, name, lambda *a, _n=name: calls.append(_n) or torch.zeros(2, 1, 3, 3),
+                            raising=False)
+    h, g, w, b = on_cuda((2, 8, 9, 9)), on_cuda((4, 8, 5, 5)), on_cuda((8, 3, 3, 3)), on_cuda((8,))
+    ops.relu_pool(h)
+    ops.relu_pool_backward(g, h)
+    ops.stem_pool(on_cuda((2, 3, 9, 9), torch.uint8), w, b)
+    ops.stem_pool_backward(g, h, w)
+    ops.adv_metrics(on_cuda((1, 3, 12, 12)), on_cuda((2, 1, 3, 12, 12)))
+    assert calls == ["relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "adv_metrics"]
+
+
 # ---------------------------------------------------------------- the extension's CUDA ops (GPU only)
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
