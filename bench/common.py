@@ -135,8 +135,9 @@ def summary(samples: dict[str, list[float]], items: int | None = None) -> dict:
     return out
 
 
-def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
-    """A labelled PNG folder of ``count`` originals + ``count`` recaptures at ``size`` px (cached)."""
+def synth_folder(size: int, count: int, seed: int = 2024, workers: int | None = None) -> Path:
+    """A labelled PNG folder of ``count`` originals + ``count`` recaptures at ``size`` px (cached); ``workers``
+    rendering processes (default: synthesize's)."""
     from recapfast.data.synth import synthesize
     from recapfast.io.atomic import publish_dir
 
@@ -145,7 +146,7 @@ def synth_folder(size: int, count: int, seed: int = 2024) -> Path:
         return root
     log(f"bench: synthesizing {2 * count} PNGs at {size} px into {root} (cached for later runs)")
     t0 = time.perf_counter()
-    publish_dir(root, lambda tmp: synthesize(tmp, size=size, count=count, seed=seed))
+    publish_dir(root, lambda tmp: synthesize(tmp, size=size, count=count, seed=seed, workers=workers))
     log(f"bench: synthesized in {time.perf_counter() - t0:.0f} s")
     return root
 

@@ -106,6 +106,30 @@ def cases(size: int, batch: int, device: str):
     yield "laplace_conv fwd+bwd (x,w,b)", fwd_bwd(ext, True), fwd_bwd(ref, True)
 
 
+def fastpath_cases(size: int, batch: int, device: str, k: int = 10):
+    """The fast path's fused ops through their wrappers (the extension where it serves the device, else the
+    reference) against the references: the stem unit of the bundled models (3 -> 8 channels), its backward
+    for 2 cotangents per image, and the perturbation metrics of ``k`` adversarial batches."""
+    from recapfast.ops import reference as R
+
+    gen = torch.Generator().manual_seed(size + 1)
+    x8 = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, generator=gen)
+    weight, bias = torch.randn(8, 3, 3, 3, generator=gen) / 10, torch.randn(8, generator=gen)
+    pre = R.laplace_conv_reference(x8, weight, bias).contiguous(memory_format=torch.channels_last)
+    half = (size - 1) // 2 + 1
+    g = torch.randn(2 * batch, 8, half, half, generator=gen)
+    adv = (x8.float() + torch.randint(-5, 6, (k, *x8.shape), generator=gen)).clamp(0, 255).to(torch.uint8)
+    x8, weight, bias, pre, g, adv = (t.to(device) for t in (x8, weight, bias, pre, g, adv))
+    yield "relu_pool", lambda: ops.relu_pool(pre), lambda: R.relu_pool_reference(pre)
+    yield "relu_pool_backward (2 cotangents)", lambda: ops.relu_pool_backward(g, pre), \
+        lambda: R.relu_pool_backward_reference(g, pre)
+    yield "stem_pool (keep pre)", lambda: ops.stem_pool(x8, weight, bias, True), \
+        lambda: R.stem_pool_reference(x8, weight, bias, True)
+    yield "stem_pool_backward (2 cotangents)", lambda: ops.stem_pool_backward(g, pre, weight), \
+        lambda: R.stem_pool_backward_reference(g, pre, weight)
+    yield f"adv_metrics ({k} batches)", lambda: ops.adv_metrics(x8, adv), lambda: R.adv_metrics_reference(x8, adv)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions; batch 16 at 512 px")

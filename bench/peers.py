@@ -92,6 +92,8 @@ def contenders(names: Sequence[str] | None = None) -> list[Contender]:
                   notes=["LLCM via targeted=True with y = one-hot argmin of the clean logits over all classes",
                          "numpy in and out (PyTorchClassifier, clip_values (0, 1))"]),
     ]
+    if names is not None:
+        out = [c for c in out if c.name in names]   # before probing: importing a peer library takes seconds
     for c in out:
         if c.module is not None:
             c.version, c.missing = _probe(c.module)
@@ -100,8 +102,6 @@ def contenders(names: Sequence[str] | None = None) -> list[Contender]:
         else:
             import recapfast
             c.version = getattr(recapfast, "__version__", "0.1.0")
-    if names is not None:
-        out = [c for c in out if c.name in names]
     return out
 
 

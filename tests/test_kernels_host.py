@@ -10,53 +10,20 @@ the .cu files' device guard / stream / SM-count lines (tests/test_ops.py's CUDA 
 """
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 import torch
 
 from recapfast import ops
-from recapfast.ops import _build
 
-# -ffp-contract=off: no fused multiply-add (the kernels round like the GPU); -fsanitize=alignment: a
-# misaligned uchar4/float4 access, which a GPU faults on and an x86 CPU silently allows, is reported.
-SHIM_CFLAGS = ["-O2", "-std=c++17", "-ffp-contract=off", "-fno-strict-aliasing", "-fsanitize=alignment"]
-SHIM_LDFLAGS = ["-fsanitize=alignment"]
+from shim_build import load_shim
+
 BIG_SM = 1 << 20      # an SM count this large makes the launchers pick 64-bit index math
 SM_COUNTS = [0, 1, BIG_SM]   # 0: the launchers' default grid; 1: 8 blocks, long grid-stride loops
 
 
-def shim_sources():
-    src = _build.source_dir()
-    files = [p for p in sorted((src / "host_shim").iterdir()) if p.suffix in (".h", ".cpp")]
-    files += sorted((src / "cuda").glob("*.cuh")) + sorted((src / "cuda").glob("*_glue.h"))
-    return src, files + [src / "laplace_conv_common.h"]
-
-
-def shim_build_name() -> str:
-    src, files = shim_sources()
-    h = hashlib.sha256(f"{_build.toolchain_key(False)};shim={SHIM_CFLAGS}{SHIM_LDFLAGS}".encode())
-    for path in files:
-        h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return f"recapfast_host_shim_{h.hexdigest()[:16]}"
-
-
 @pytest.fixture(scope="session")
 def shim():
-    from torch.utils import cpp_extension
-
-    src, _ = shim_sources()
-    name = shim_build_name()
-    build_dir = _build.cache_root() / name
-    build_dir.mkdir(parents=True, exist_ok=True)
-    library = build_dir / f"{name}.so"
-    if library.is_file() and not (build_dir / "lock").exists():
-        torch.ops.load_library(str(library))
-    else:
-        cpp_extension.load(name=name, sources=[str(src / "host_shim" / "host_kernels.cpp")],
-                           extra_cflags=SHIM_CFLAGS, extra_ldflags=SHIM_LDFLAGS, extra_include_paths=[str(src / "host_shim"), str(src)],
-                           build_directory=str(build_dir), is_python_module=False, verbose=False)
-    return torch.ops.recapfast_host_shim
+    return load_shim()
 
 
 @pytest.fixture(autouse=True)

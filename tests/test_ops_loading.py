@@ -187,6 +187,9 @@ def recapfast_lines(text: str) -> list[str]:
     ("laplace_conv", "raise", "first launch of laplace_conv on cpu failed: CUDA error: no kernel image"),
     ("perturb", "garbage", "perturb on cpu gave wrong results"),
     ("laplace_conv_backward", "garbage", "laplace_conv_backward on cpu gave wrong results"),
+    ("relu_pool_backward", "garbage", "relu_pool_backward on cpu gave wrong results"),
+    ("adv_metrics", "garbage", "adv_metrics on cpu gave wrong results"),
+    ("adv_metrics", "raise", "first launch of relu_pool/stem_pool/adv_metrics on cpu failed: CUDA error"),
 ])
 def test_failed_first_launch_falls_back_with_one_line_under_auto(fresh_state, monkeypatch, capfd, op, how, reason):
     monkeypatch.setattr(_smoke, "_ops", lambda: FailingOps(op, how))

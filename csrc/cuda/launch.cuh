@@ -21,4 +21,19 @@
 #error "csrc/cuda kernels need nvcc or the host shim (csrc/host_shim/cuda_runtime.h)"
 #endif
 
+namespace recapfast {
+namespace cuda {
+
+// 1 only in the tests' deliberately broken build of the host shim (-DRECAPFAST_PLANT_INDEX_BUG): kernels
+// subtract it from a window or loop bound, so tests/test_fastpath_kernels_host.py can show that an
+// off-by-one index fails the same checks that pass for the real kernels. 0 (no effect) everywhere else.
+#if defined(RECAPFAST_PLANT_INDEX_BUG)
+constexpr int kPlantedIndexBug = 1;
+#else
+constexpr int kPlantedIndexBug = 0;
+#endif
+
+}  // namespace cuda
+}  // namespace recapfast
+
 #endif  // RECAPFAST_CUDA_LAUNCH_CUH_

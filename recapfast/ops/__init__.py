@@ -79,18 +79,12 @@ def active_backend() -> str:
     return "torch"
 
 
-def _ext_serves(x: torch.Tensor, cuda_kernel: bool = True) -> bool:
-    """Whether the extension has kernels for this tensor's device (CPU always; CUDA when compiled in).
-
-    ``cuda_kernel=False``: the op has CPU kernels only (CUDA tensors use the reference, which runs
-    on cuDNN/ATen kernels there), so a CUDA tensor is simply not served, even under ``ext``.
-    """
+def _ext_serves(x: torch.Tensor) -> bool:
+    """Whether the extension has kernels for this tensor's device (CPU always; CUDA when compiled in)."""
     if active_backend() != "ext":
         return False
-    if x.device.type == "cpu" or (x.device.type == "cuda" and _build.STATE.with_cuda and cuda_kernel):
+    if x.device.type == "cpu" or (x.device.type == "cuda" and _build.STATE.with_cuda):
         return True
-    if not cuda_kernel:
-        return False
     if requested_backend() == "ext":
         raise RuntimeError(f"RECAPFAST_BACKEND=ext but the recapfast extension has no kernels for {x.device.type} "
                            "tensors (it was built without CUDA); use RECAPFAST_BACKEND=auto or torch")
@@ -132,7 +126,7 @@ def relu_pool(h: torch.Tensor) -> torch.Tensor:
     Not differentiable (the model's autograd path uses the reference modules; the fast input-gradient
     engine calls :func:`relu_pool_backward` itself).
     """
-    if h.dim() == 4 and h.dtype == torch.float32 and h.shape[-1] and h.shape[-2] and _ext_serves(h, cuda_kernel=False):
+    if h.dim() == 4 and h.dtype == torch.float32 and h.shape[-1] and h.shape[-2] and _ext_serves(h):
         return torch.ops.recapfast.relu_pool(h)
     return relu_pool_reference(h)
 
@@ -140,7 +134,7 @@ def relu_pool(h: torch.Tensor) -> torch.Tensor:
 def relu_pool_backward(grad_out: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Input gradient of :func:`relu_pool` at h for k cotangents stacked over h's batch (see the reference)."""
     if (h.dim() == 4 and grad_out.dim() == 4 and h.dtype == torch.float32 and grad_out.dtype == torch.float32
-            and h.shape[-1] and h.shape[-2] and grad_out.device == h.device and _ext_serves(h, cuda_kernel=False)):
+            and h.shape[-1] and h.shape[-2] and grad_out.device == h.device and _ext_serves(h)):
         return torch.ops.recapfast.relu_pool_backward(grad_out, h)
     return relu_pool_backward_reference(grad_out, h)
 
@@ -154,7 +148,7 @@ def stem_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """
     if (x.dim() == 4 and x.dtype in (torch.uint8, torch.float32) and x.shape[-1] and x.shape[-2]
             and weight.dtype == torch.float32 and bias is not None and bias.dtype == torch.float32
-            and weight.device == x.device and _ext_serves(x, cuda_kernel=False)):
+            and weight.device == x.device and _ext_serves(x)):
         return torch.ops.recapfast.stem_pool(x, weight, bias, bool(keep_pre))
     return stem_pool_reference(x, weight, bias, keep_pre)
 
@@ -162,7 +156,8 @@ def stem_pool(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
 def stem_pool_backward(grad_out: torch.Tensor, pre: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Input gradient of :func:`stem_pool` for k cotangents stacked over pre's batch: [k*N, Cin, H, W] float32."""
     if (grad_out.dtype == torch.float32 and pre.dtype == torch.float32 and weight.dtype == torch.float32
-            and pre.dim() == 4 and pre.shape[-1] and pre.shape[-2] and _ext_serves(pre, cuda_kernel=False)):
+            and pre.dim() == 4 and pre.shape[-1] and pre.shape[-2] and grad_out.device == pre.device
+            and weight.device == pre.device and _ext_serves(pre)):
         return torch.ops.recapfast.stem_pool_backward(grad_out, pre, weight)
     return stem_pool_backward_reference(grad_out, pre, weight)
 
@@ -176,7 +171,7 @@ def adv_metrics(x: torch.Tensor, adv: torch.Tensor, ssim: bool = True) -> torch.
     """
     if (x.dim() == 4 and adv.dim() == 5 and x.shape[1] and x.dtype in (torch.uint8, torch.float32)
             and adv.dtype in (torch.uint8, torch.float32) and adv.device == x.device
-            and _ext_serves(x, cuda_kernel=False)):
+            and _ext_serves(x)):
         planes = torch.ops.recapfast.adv_metrics(x, adv, bool(ssim))             # [K, B, C, 3]
         return torch.stack([planes[..., 0].mean(-1), planes[..., 1].sum(-1), planes[..., 2].amax(-1)], -1)
     return adv_metrics_reference(x, adv, ssim)

@@ -13,8 +13,9 @@ import contextlib
 
 import torch
 
-from .reference import (laplace_conv_reference, perturb_reference, relu_pool_backward_reference,
-                        relu_pool_reference, stem_pool_backward_reference, stem_pool_reference)
+from .reference import (adv_metrics_reference, laplace_conv_reference, perturb_reference,
+                        relu_pool_backward_reference, relu_pool_reference, stem_pool_backward_reference,
+                        stem_pool_reference)
 
 
 class SmokeTestFailed(RuntimeError):
@@ -70,26 +71,32 @@ def _close(name: str, device: torch.device, got: torch.Tensor, exp: torch.Tensor
 
 
 def _check_fused_units(device: torch.device) -> None:
-    """relu_pool and stem_pool (CPU kernels only; on CUDA the wrappers use the references)."""
-    if device.type != "cpu":
-        return
+    """relu_pool, stem_pool and adv_metrics (bit-exact relu_pool on the CPU, where the tests hold it to that)."""
     gen = torch.Generator().manual_seed(2)
     h = torch.randn(2, 8, 7, 6, generator=gen).contiguous(memory_format=torch.channels_last)
     g = torch.randn(4, 8, 4, 3, generator=gen)
-    if not torch.equal(_ops().relu_pool(h), relu_pool_reference(h)):
-        raise SmokeTestFailed(f"relu_pool on {device} gave wrong results")
-    if not torch.equal(_ops().relu_pool_backward(g, h), relu_pool_backward_reference(g, h)):
-        raise SmokeTestFailed(f"relu_pool_backward on {device} gave wrong results")
-    x = torch.randint(0, 256, (2, 3, 9, 10), dtype=torch.uint8, generator=gen)
+    x = torch.randint(0, 256, (2, 3, 12, 11), dtype=torch.uint8, generator=gen)
     w = torch.randn(8, 3, 3, 3, generator=gen) / 10
     b = torch.randn(8, generator=gen)
-    pooled, pre = _ops().stem_pool(x, w, b, True)
+    gs = torch.randn(4, 8, 6, 6, generator=gen)
+    adv = (x.float() + torch.randint(-3, 4, (2, *x.shape), generator=gen)).clamp(0, 255).to(torch.uint8)
     ref_pooled, ref_pre = stem_pool_reference(x, w, b, True)
-    _close("stem_pool", device, pooled, ref_pooled)
-    _close("stem_pool", device, pre, ref_pre)
-    gs = torch.randn(4, 8, 5, 5, generator=gen)
-    _close("stem_pool_backward", device, _ops().stem_pool_backward(gs, ref_pre, w),
-           stem_pool_backward_reference(gs, ref_pre, w))
+    want = {"relu_pool": relu_pool_reference(h), "relu_pool_backward": relu_pool_backward_reference(g, h),
+            "stem_pool_backward": stem_pool_backward_reference(gs, ref_pre, w)}
+    h, g, x, w, b, gs, adv = (t.to(device) for t in (h, g, x, w, b, gs, adv))
+    got = {"relu_pool": _ops().relu_pool(h), "relu_pool_backward": _ops().relu_pool_backward(g, h)}
+    for name in got:
+        if device.type == "cpu" and not torch.equal(got[name], want[name]):
+            raise SmokeTestFailed(f"{name} on {device} gave wrong results")
+        _close(name, device, got[name].cpu(), want[name])
+    pooled, pre = _ops().stem_pool(x, w, b, True)
+    _close("stem_pool", device, pooled.cpu(), ref_pooled)
+    _close("stem_pool", device, pre.cpu(), ref_pre)
+    _close("stem_pool_backward", device, _ops().stem_pool_backward(gs, ref_pre.to(device), w).cpu(),
+           want["stem_pool_backward"])
+    planes = _ops().adv_metrics(x, adv, True).cpu()                       # [K, B, C, 3]
+    metrics = torch.stack([planes[..., 0].mean(-1), planes[..., 1].sum(-1), planes[..., 2].amax(-1)], -1)
+    _close("adv_metrics", device, metrics, adv_metrics_reference(x.cpu(), adv.cpu()))
 
 
 def check(with_cuda: bool) -> None:
@@ -109,7 +116,7 @@ def check(with_cuda: bool) -> None:
 def _check_all(with_cuda: bool) -> None:
     for device in _devices(with_cuda):
         for op, run in (("perturb", _check_perturb), ("laplace_conv", _check_laplace_conv),
-                        ("relu_pool/stem_pool", _check_fused_units)):
+                        ("relu_pool/stem_pool/adv_metrics", _check_fused_units)):
             try:
                 run(device)
             except SmokeTestFailed:
