@@ -24,7 +24,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as err:
-        raise PlotError("plots need matplotlib: install recapfast[plot] (pip install 'recapfast[plot]')") from err
+        raise PlotError("plots need matplotlib: pip install matplotlib (the same as the plot extra: from a clone's "
+                        "root, pip install '.[plot]')") from err
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
