@@ -17,6 +17,8 @@ def screen_command(
                                          help="Folder (searched recursively) or one image file; no labels needed.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records, one JSON object per line (.jsonl).")],
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the records (no tile maps) as CSV.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML report "
+                                                     "(thumbnails, tile heatmaps, sortable rows; no network).")] = None,
     detector: Options = DETECTOR,
     size: Annotated[int, typer.Option("--size", min=8, help="Tile size in pixels (the model's patch size).")] = 64,
     probe_eps: Annotated[str, typer.Option("--probe-eps", help="Eps (grey levels) probed with FGSM and LLCM to "
@@ -54,6 +56,7 @@ def screen_command(
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
     output_file(out, "--out", run.force, resume, resumable=True)
     output_file(csv_out, "--csv", run.force, resume)
+    output_file(html_out, "--html", run.force, resume)
     dev = resolve_device(run.device)
     info = distributed.init(dev)
     dev = distributed.rank_device(dev, info)
@@ -79,6 +82,13 @@ def screen_command(
             screen_table.report_errors(out, log)
         typer.echo(screen_table.table(out, result.summary, rows, threshold, fragile_eps, tuple(eps_values),
                                       str(result.summary_file)))
+        if html_out is not None:
+            from recapfast.io.atomic import write_text
+            from recapfast.reporting.html_report import screen_html
+
+            write_text(html_out, screen_html(screen_table.read_records(out), out, result.summary, size, threshold,
+                                             fragile_eps, f"recapfast screen {data}"))
+            typer.echo(f"HTML report: {html_out}")
     if result.summary["screened"] == 0:
         from recapfast.data.folder import DataError
 
