@@ -88,3 +88,40 @@ def test_report_renders_in_chromium_without_console_errors(report):
     broken.write_text(page.read_text().replace("</body>", "<script>notDefinedAnywhere();</script></body>"))
     bad = chromium(broken, tmp / "profile-bad", "--dump-dom")
     assert any("Uncaught" in m for m in console_messages(bad.stderr)) and 'data-js-error="1"' in bad.stdout
+
+
+@pytest.fixture(scope="module")
+def eval_report(tmp_path_factory):
+    from screen_helpers import write_labelled
+
+    tmp = tmp_path_factory.mktemp("html_eval")
+    data = write_labelled(tmp / "data", 6, shape=(48, 48, 3))
+    model = save_tiny_model(tmp / "m.safetensors")
+    res = cli("eval", data, "--model", model, "--size", 32, "--attack", "fgsm,llcm", "--eps", "1,2", "--device",
+              "cpu", "--json", tmp / "r.json", "--html", tmp / "eval.html", "--quiet")
+    assert res.returncode == 0, res.stderr
+    return tmp
+
+
+def test_eval_report_holds_tables_roc_and_one_row_per_file(eval_report):
+    import json
+
+    text = (eval_report / "eval.html").read_text()
+    result = json.loads((eval_report / "r.json").read_text())
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)|<link\b|<script\s+src""", text)
+    assert text.count('<tr class="row"') == result["files"] == 12
+    assert "<th>eps=1</th>" in text and "Gradient-masking checks" in text and 'aria-label="ROC curve"' in text
+    auc = float(re.search(r"AUC (\d\.\d+) \(12 patches\)", text).group(1))
+    assert auc == pytest.approx(result["detection"]["clean"]["auc"], abs=1e-3)   # same clean scores as eval's
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install chromium; "
+                                              ".ci/run installs it): the HTML report is not checked in a browser")
+def test_eval_report_renders_in_chromium(eval_report):
+    page = eval_report / "eval.html"
+    dom = chromium(page, eval_report / "profile-dom", "--dump-dom")
+    assert dom.returncode == 0 and console_messages(dom.stderr) == [], dom.stderr[-2000:]
+    assert 'data-report-ready="12"' in dom.stdout and "data-js-error=" not in dom.stdout
+    shot = artifacts() / "eval_report.png"
+    res = chromium(page, eval_report / "profile-shot", "--window-size=1280,2400", f"--screenshot={shot}")
+    assert res.returncode == 0 and shot.stat().st_size > 10_000, res.stderr[-2000:]

@@ -40,6 +40,9 @@ def eval_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the markdown tables here.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML report: "
+                                                     "the tables, ROC curve, per-file rows, adversarial examples.")
+                        ] = None,
     size: SizeOpt = 64,
     tile: TileOpt = False,
     quantize: QuantizeOpt = True,
@@ -67,14 +70,14 @@ def eval_command(
         universal = load_uap(uap)
     if heatmap is not None:
         output_dir(heatmap, "--heatmap", run.force)
-    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md"), (html_out, "--html")):
         check_new_file(path, run.force, option)
     from recapfast import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
     dist_info = distributed.init(resolve_device(run.device))
     quiet = run.quiet or not dist_info.is_main
     console = stderr_console(quiet)
-    with lock_outputs(json_out, csv_out, md_out, heatmap):
+    with lock_outputs(json_out, csv_out, md_out, html_out, heatmap):
         net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info))
         samples = discover(data)
         bar, advance = progress_bar(console, len(samples), f"eval {detector.model}")
@@ -95,6 +98,14 @@ def eval_command(
             if path is not None:
                 write_text_atomic(path, text())
         typer.echo(result.to_markdown())
+        if html_out is not None:
+            from recapfast.reporting.html_eval import eval_html, per_file_pass
+
+            device = distributed.rank_device(resolve_device(run.device), dist_info)
+            extra = per_file_pass(net, samples, size, eps_values, device, batch=run.batch_size)
+            write_text_atomic(html_out, eval_html(result.to_markdown(), extra,
+                                                  f"recapfast eval {data} (model {detector.model})"))
+            typer.echo(f"HTML report: {html_out}")
         if heatmap is not None:
             from recapfast.attacks.localize import check_output_dir, write_heatmaps
 
