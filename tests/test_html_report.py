@@ -125,3 +125,15 @@ def test_eval_report_renders_in_chromium(eval_report):
     shot = artifacts() / "eval_report.png"
     res = chromium(page, eval_report / "profile-shot", "--window-size=1280,2400", f"--screenshot={shot}")
     assert res.returncode == 0 and shot.stat().st_size > 10_000, res.stderr[-2000:]
+
+
+def test_heatmap_png_has_the_reports_scale_and_a_legend():
+    from recapfast.reporting.html_report import heatmap_figure
+
+    img = np.full((40, 50, 3), 100, np.uint8)
+    fig = heatmap_figure(img, [[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], 16, 0.5, "x.png: mean 0.500")
+    assert fig.shape == (40 + 64, 420, 3)
+    assert (fig[:40, :50] == heatmap_array(img, [[0.0] * 3, [1.0] * 3], 16)).all()       # same picture
+    bar = fig[40 + 4 + 16 + 5, 4:204]                                                     # the colour bar row
+    assert tuple(bar[0]) == (33, 102, 172) and tuple(bar[-1]) == (178, 24, 43)
+    assert (fig[40:, :] != 255).any(axis=2).sum() > 500                                   # text and swatches drawn

@@ -113,6 +113,26 @@ def eval_command(
             bar, advance = progress_bar(console, len(samples), "heatmaps")
             with bar:
                 records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)
+            _with_legends(records, size, heatmap)
             written = sum(r.heatmap is not None for r in records)
             typer.echo(f"wrote {written} heatmap(s) ({len(records) - written} image(s) with fewer than 2 tiles or "
                        f"unreadable) and {heatmap / 'heatmaps.json'}")
+
+
+def _with_legends(records, size: int, out_dir: Path) -> None:
+    """Each heatmap PNG again with the HTML report's colour scale, tile grid, hatched unscreened strip and a
+    legend panel (the picture write_heatmaps makes has none)."""
+    import numpy as np
+
+    from recapfast.data.folder import decode
+    from recapfast.io.atomic import write_file
+    from recapfast.reporting.html_report import heatmap_figure
+    from PIL import Image
+
+    for rec in records:
+        if rec.heatmap is None:
+            continue
+        img, _ = decode(rec.path)
+        mean = float(np.mean(rec.probs))
+        picture = Image.fromarray(heatmap_figure(img, rec.probs, size, 0.5, f"{Path(rec.path).name}: mean {mean:.3f}"))
+        write_file(rec.heatmap, writer=lambda fh, pic=picture: pic.save(fh, format="PNG"), root=out_dir)

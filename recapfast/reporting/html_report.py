@@ -69,6 +69,35 @@ def heatmap_array(img: np.ndarray, tile_map, size: int, threshold: float = 0.5) 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+def heatmap_figure(img: np.ndarray, tile_map, size: int, threshold: float = 0.5, title: str = "") -> np.ndarray:
+    """uint8 [H', W', 3]: :func:`heatmap_array` above a legend panel (title, colour bar 0..1 with the threshold,
+    what the hatching means), so a heatmap PNG reads on its own, with the same scale as the HTML report."""
+    from PIL import Image, ImageDraw
+
+    heat = heatmap_array(img, tile_map, size, threshold)
+    width = max(heat.shape[1], 420)
+    panel = 64
+    canvas = Image.new("RGB", (width, heat.shape[0] + panel), (255, 255, 255))
+    canvas.paste(Image.fromarray(heat), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    top = heat.shape[0] + 4
+    draw.text((4, top), (title + "  " if title else "") + f"p(recaptured) per {size} px tile", fill=(0, 0, 0))
+    bar_w = 200
+    ramp = colour(np.linspace(0.0, 1.0, bar_w), threshold).astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(ramp[None], 12, axis=0)), (4, top + 16))
+    draw.rectangle((3, top + 15, 4 + bar_w, top + 28), outline=(120, 120, 120))
+    for value, anchor in ((0.0, "0 original"), (threshold, f"{threshold:g}"), (1.0, "1 recaptured")):
+        x = 4 + round(value * (bar_w - 1))
+        draw.line((x, top + 28, x, top + 32), fill=(0, 0, 0))
+        draw.text((min(max(0, x - 3), width - 70), top + 33), anchor, fill=(0, 0, 0))
+    hx = bar_w + 20
+    for k in range(0, 24, 4):                                    # a hatched swatch, as on the image
+        draw.rectangle((hx + k, top + 16, hx + k + 1, top + 27), fill=(150, 150, 150))
+        draw.rectangle((hx + k + 2, top + 16, hx + k + 3, top + 27), fill=(90, 90, 90))
+    draw.text((hx + 28, top + 17), "not screened", fill=(0, 0, 0))
+    return np.asarray(canvas)
+
+
 def data_uri(img: np.ndarray, longest: int = THUMB, fmt: str = "JPEG") -> str:
     from PIL import Image
 
@@ -198,4 +227,4 @@ def screen_html(records, out: Path, summary: dict, size: int, threshold: float, 
     return _page(title, [f"<h1>{html.escape(title)}</h1>", head, legend(threshold), table])
 
 
-__all__ = ["colour", "data_uri", "gradient_css", "heatmap_array", "legend", "screen_html"]
+__all__ = ["colour", "data_uri", "gradient_css", "heatmap_array", "heatmap_figure", "legend", "screen_html"]
