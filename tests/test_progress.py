@@ -71,3 +71,20 @@ def test_line_progress_prints_while_a_step_is_still_running():
     assert len(middle) >= 3, said
     assert all(", ETA " in s and "/s" in s for s in middle)
     assert said[-1].startswith("eval baseline: 10/10 (100%)") and "ETA" not in said[-1]
+
+
+def test_progress_lines_wait_while_the_cpp_core_compiles(monkeypatch):
+    """The compile's one stderr line stays whole: no progress line is printed into it (seen on a fresh clone)."""
+    from recapfast.ops import _build
+
+    monkeypatch.setattr(_build, "STATE", _build.BuildState(building=True))
+    said = []
+    with LineProgress(said.append, 5, "eval baseline", interval=0.05):
+        time.sleep(0.3)
+        assert len(said) == 1                     # the opening line only
+        _build.STATE.building, _build.STATE.line_open = False, True
+        time.sleep(0.2)
+        assert len(said) == 1                     # the verdict is not appended yet
+        _build.STATE.line_open = False
+        time.sleep(0.3)
+    assert len(said) >= 4

@@ -1,7 +1,8 @@
 """Progress on stderr: a rich bar in a terminal; otherwise (a log file, a pipe, CI) one plain line at least every
 ``interval`` seconds with done/total, the rate and the ETA, so a long job redirected to a file is never silent.
 
-A background thread prints the lines, so a step that takes minutes (an APGD batch) still shows the job alive.
+A background thread prints the lines, so a step that takes minutes (an APGD batch) still shows the job alive;
+it holds them while the C++ core compiles (that one line reports its own progress).
 ``RECAPFAST_PROGRESS_INTERVAL`` (seconds, default 10) sets the interval.
 """
 from __future__ import annotations
@@ -26,6 +27,15 @@ def _duration(seconds: float) -> str:
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _compiling() -> bool:
+    """The C++ core is being compiled: its one stderr line is open (it reports its own progress), so wait."""
+    import sys
+
+    build = sys.modules.get("recapfast.ops._build")
+    state = getattr(build, "STATE", None)
+    return bool(state is not None and (state.building or state.line_open))
 
 
 class LineProgress:
@@ -63,7 +73,9 @@ class LineProgress:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.say(self.line())
+            if not _compiling():
+                self.say(self.line())
+
 
     def __enter__(self) -> "LineProgress":
         self._start = self.clock()

@@ -68,6 +68,7 @@ class BuildState:
     log_path: str = ""
     fallback_reported: bool = False
     line_open: bool = False    # the "compiling ..." line on stderr awaits its end (after a failed build)
+    building: bool = False     # a compile is running now (its line on stderr is open; others wait to print)
     registered: bool = False   # fake kernels / autograd registered (once per process)
 
 
@@ -292,6 +293,7 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()   # what the build name was keyed on
     verbose = os.environ.get("RECAPFAST_BUILD_VERBOSE", "") not in ("", "0")
     sources = _sources(src, state.with_cuda)
+    state.building = True
     print(f"recapfast: compiling C++ extension (first use, then cached; {FIRST_BUILD_MEASURED}) ...", end="",
           file=sys.stderr, flush=True)
     start = time.perf_counter()
@@ -337,6 +339,7 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
         # is appended to it, so a first use prints one line.
         print(f" {'done' if ok else 'failed'} in {state.seconds:.1f}s", end="", file=sys.stderr, flush=True)
         state.line_open = True
+        state.building = False
         for key, value in env_saved.items():
             if value is None:
                 os.environ.pop(key, None)
