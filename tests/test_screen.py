@@ -162,7 +162,7 @@ def test_cli_refuses_tampered_mismatched_and_pickled_models(tiny_ckpt, folder, t
     pickled = tmp_path / "model.pt"
     torch.save({"x": 1}, pickled)
     for model, message in ((bad, "not a valid safetensors"), (mismatched, "do not fit"),
-                           (pickled, ".safetensors file")):
+                           (pickled, "a .safetensors checkpoint, a torch.export .pt2 program")):   # eval's message
         res = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "x.jsonl"), "--model", str(model),
                                   "--device", "cpu", "--quiet"])
         assert res.exit_code == 1, res.output
