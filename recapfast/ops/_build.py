@@ -45,9 +45,10 @@ _SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h", ".hpp")
 _CFLAGS = ["-O3", "-std=c++17"]
 _CUDA_CFLAGS = ["-O3"]  # no --use_fast_math: perturb must round exactly like the reference
 _OWNER_FILE = "recapfast-build-owner"
-# What the first build costs, measured: 204.7 s (issue 22's fresh clone) and 221.3 s (`recapfast doctor`, 1-min load
-# 5-6), MAX_JOBS=2, g++ 12, on a shared 2-core x86_64 cloud machine.
-FIRST_BUILD_MEASURED = "about 3.5 min on a loaded 2-core x86_64 machine"
+# What the first build costs, measured on a shared 2-core x86_64 cloud machine (MAX_JOBS=2, g++ 12): 69.7 s at
+# 1-min load 2.6-4, 194.7 s and 221.3 s at load 5-6 (fresh clones, `recapfast demo` / `doctor`), 204.7 s in
+# issue 22's trial.
+FIRST_BUILD_MEASURED = "1-4 min on a 2-core x86_64 machine, 70-221 s measured, longer under load"
 PROGRESS_EVERY = 20.0     # seconds between progress reports on the compiling line
 
 
