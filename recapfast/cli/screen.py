@@ -78,8 +78,6 @@ def screen_command(
         raise
     distributed.shutdown()
     if info.is_main:
-        if not quiet:
-            screen_table.report_errors(out, log)
         typer.echo(screen_table.table(out, result.summary, rows, threshold, fragile_eps, tuple(eps_values),
                                       str(result.summary_file)))
         if html_out is not None:

@@ -11,7 +11,7 @@ import heapq
 import json
 import math
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 HEADER = ("path", "decision", "p(recaptured)", "flip_eps", "fragile")
 PATH_WIDTH = 70
@@ -116,14 +116,4 @@ def read_for_all(records_path: Path) -> Iterator[dict]:
     return (r for r in read_records(records_path) if r.get("error") is None and r.get("p_recaptured") is not None)
 
 
-def report_errors(records_path: Path, say: Callable[[str], None]) -> int:
-    """Each error record as one line ``skipped PATH: code: reason`` (what eval prints); returns how many."""
-    n = 0
-    for rec in read_records(records_path):
-        if rec.get("error") is not None:
-            say(f"skipped {rec['path']}: {rec['error']}: {rec.get('reason', '')}".rstrip(": "))
-            n += 1
-    return n
-
-
-__all__ = ["fragile_line", "read_records", "report_errors", "select", "table"]
+__all__ = ["fragile_line", "read_records", "select", "table"]
