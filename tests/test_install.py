@@ -57,3 +57,12 @@ def test_first_compile_line_states_its_measured_cost_and_counts_objects(tmp_path
         (tmp_path / name).write_text("x")
     assert _build.compiled_objects(tmp_path, since) == 2
     assert _build.compiled_objects(tmp_path / "missing", since) == 0
+
+
+def test_doctor_without_building_says_whether_a_build_is_cached(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "recapfast", "doctor", "--no-build"], capture_output=True, text=True,
+                         timeout=120, env=env(RECAPFAST_BACKEND="auto", TORCH_EXTENSIONS_DIR=str(tmp_path)))
+    assert res.returncode == 0, res.stderr
+    speed = [line for line in res.stdout.splitlines() if line.startswith("speed")]
+    assert speed and "no cached build; the first use compiles one" in speed[0] and "measured" in speed[0]
+    assert not any(tmp_path.iterdir()), "--no-build compiles nothing"

@@ -251,12 +251,27 @@ def doctor_info(build: bool = True) -> dict:
 SLOW_FACTOR = "about 2.4x"
 
 
+def _cached_build() -> bool | None:
+    """Whether the build cache holds a library for the current sources and toolchain (None: cannot tell)."""
+    try:
+        src = _build.source_dir()
+        name = _build.build_name(src, _build.cuda_wanted())
+    except Exception:  # noqa: BLE001 - doctor reports what it can; a broken toolchain shows in its other rows
+        return None
+    return (_build.cache_root() / name / f"{name}.so").is_file()
+
+
 def _speed(active: str | None, reason: str, info: dict) -> str:
     """Whether the fast path is on; when the slow backend runs, why and what to do about it."""
     if active == "ext":
         return "fast: the C++ core is active"
     if active != "torch":
-        return "unknown (the backend is not determined yet)"
+        cached = _cached_build()
+        if cached is None:
+            return "unknown (the backend is not determined yet)"
+        if cached:
+            return "unknown (--no-build): a build of these sources is cached, so the C++ core should load"
+        return f"unknown (--no-build): no cached build; the first use compiles one ({_build.FIRST_BUILD_MEASURED})"
     if info.get("requested_backend") == "torch":
         fix = "unset RECAPFAST_BACKEND (or pass --backend auto)"
     elif not info.get("ninja"):
