@@ -123,3 +123,16 @@ def test_the_trust_example_on_its_page_is_the_generated_one():
     page = (ROOT / "docs" / "robustness.md").read_text()
     assert mod.page_block(page) == (ROOT / "docs" / "trust" / "example.md").read_text().strip() + "\n"
     assert mod.page_block(mod.replace_block(page, "NEW\n")) == "NEW\n"
+
+
+def test_the_walkthrough_output_is_what_screen_prints_today():
+    """The README's screen output keeps the table's header, the legend and the summary line of the current code."""
+    from recapfast.reporting.screen_table import HEADER, fragile_line
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Screen your own photos", 1)[1].split("```text\n", 1)[1].split("```", 1)[0]
+    lines = block.splitlines()
+    assert lines[0].startswith("15 file(s): 15 screened, 0 error(s);")
+    assert lines[2].split() == [h for h in HEADER]
+    assert fragile_line(1.0) in block
+    assert lines[-1] == "all records: results.jsonl; summary: results.summary.json"
