@@ -1,4 +1,4 @@
-"""README's "Bundled models" numbers are the committed evaluation JSON, rendered (never typed by hand)."""
+"""docs/training.md's "Bundled models" numbers are the committed evaluation JSON, rendered (never typed by hand)."""
 from __future__ import annotations
 
 import json
@@ -11,14 +11,14 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bundled"
 
 
-def test_readme_table_is_the_rendered_json():
-    readme = (ROOT / "README.md").read_text()
-    assert bundled_report.table(DOCS) in readme
+def test_training_page_table_is_the_rendered_json():
+    page = (ROOT / "docs" / "training.md").read_text()
+    assert bundled_report.table(DOCS) in page
 
 
 def test_bundled_evaluations_are_of_the_bundled_weights_settings():
     """The JSON files evaluate 64 px patches of the held-out split (both classes) with FGSM/LLCM at eps 1..5,
-    and the bundled checkpoints record the training commands README shows."""
+    and the bundled checkpoints record the training commands docs/training.md shows."""
     for name in ("baseline", "robust"):
         r = json.loads((DOCS / f"{name}_test.json").read_text())
         assert r["patch_size"] == 64 and r["eps"] == [1.0, 2.0, 3.0, 4.0, 5.0] and set(r["attacks"]) == {"fgsm", "llcm"}

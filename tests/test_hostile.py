@@ -218,6 +218,7 @@ def test_hostile_folder_through_the_cli_with_workers(hostile, tmp_path):
     assert res.returncode == 0, res.stderr
     recs = read_jsonl(out)
     assert len(recs) == len(files)
-    assert json.loads(res.stdout)["errors"] == 13
+    assert json.loads((tmp_path / "r.summary.json").read_text())["errors"] == 13
+    assert f"{len(files)} file(s): {len(files) - 13} screened, 13 error(s)" in res.stdout
     paths = [r["path"] for r in recs]
     assert paths == sorted(paths, key=lambda p: p)

@@ -108,14 +108,15 @@ def test_lock_is_per_output_and_released(tmp_path):
             pass
     with OutputLock([out]):                           # released on exit
         pass
-    assert lock_path(out) == tmp_path / "a.jsonl.lock"
-    assert lock_path(tmp_path / "adv/") == tmp_path / "adv.lock"
+    assert lock_path(out) == tmp_path / ".a.jsonl.lock"               # hidden (issue 22: 10 visible ones per folder)
+    assert lock_path(tmp_path / "adv/") == tmp_path / ".adv.lock"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
 
 
 def test_lock_file_symlink_is_refused(tmp_path):
     victim = tmp_path / "victim.txt"
     victim.write_text("keep")
-    (tmp_path / "a.jsonl.lock").symlink_to(victim)
+    (tmp_path / ".a.jsonl.lock").symlink_to(victim)
     with pytest.raises(OutputError, match="symbolic link"):
         OutputLock([tmp_path / "a.jsonl"]).acquire()
     assert victim.read_text() == "keep"

@@ -6,6 +6,7 @@ library itself is the real one built once per session (the `ext` fixture).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import threading
@@ -238,3 +239,26 @@ def test_build_then_failed_first_launch_is_one_line(ext, tmp_path, monkeypatch, 
         assert ops.active_backend() == "ext"
     err = capfd.readouterr().err
     assert len(recapfast_lines(err)) == 1 and "done in" in err and err.endswith("\n")
+
+
+def test_first_compile_reports_progress_on_its_one_line(ext, tmp_path, monkeypatch, capfd):
+    """A long first build says what it costs on this machine class and how far it is, on the same one line."""
+    from torch.utils import cpp_extension
+
+    def slow_build(**kwargs):
+        for name in ("recapfast.o", "perturb.o"):
+            Path(kwargs["build_directory"], name).write_text("x")
+            time.sleep(0.35)
+
+    monkeypatch.setattr(_build, "STATE", _build.BuildState())
+    monkeypatch.setattr(_build, "PROGRESS_EVERY", 0.1)
+    monkeypatch.setattr(_register, "register", lambda: None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
+    monkeypatch.setattr(cpp_extension, "load", slow_build)
+    with use_backend("auto"):
+        assert ops.active_backend() == "ext"
+    lines = recapfast_lines(capfd.readouterr().err)
+    assert len(lines) == 1, lines
+    assert _build.FIRST_BUILD_MEASURED in lines[0] and "done in" in lines[0]
+    counts = re.findall(r" (\d+)/(\d+) sources compiled", lines[0])
+    assert counts and counts[-1][0] == "2" and int(counts[-1][1]) >= 2, lines[0]

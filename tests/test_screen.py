@@ -138,8 +138,8 @@ def test_cli_screen_csv_and_exit_codes(tiny_ckpt, folder, tmp_path, op_backend):
             "--probe-eps", "1,2", "--device", "cpu", "--quiet", "--csv", str(csv_out)]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
-    assert summary["records"] == 9
+    summary = json.loads((tmp_path / "r.summary.json").read_text())     # stdout is the per-file table
+    assert summary["records"] == 9 and "9 file(s): " in res.output
     assert csv_out.read_text().count("\n") == 10
     res = runner.invoke(app, args)
     assert res.exit_code == 1 and "exists" in res.output
@@ -162,7 +162,7 @@ def test_cli_refuses_tampered_mismatched_and_pickled_models(tiny_ckpt, folder, t
     pickled = tmp_path / "model.pt"
     torch.save({"x": 1}, pickled)
     for model, message in ((bad, "not a valid safetensors"), (mismatched, "do not fit"),
-                           (pickled, ".safetensors file")):
+                           (pickled, "a .safetensors checkpoint, a torch.export .pt2 program")):   # eval's message
         res = runner.invoke(app, ["screen", str(folder), "--out", str(tmp_path / "x.jsonl"), "--model", str(model),
                                   "--device", "cpu", "--quiet"])
         assert res.exit_code == 1, res.output

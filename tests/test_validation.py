@@ -100,13 +100,13 @@ def test_probe_eps_none_reports_null_not_zero(model_path, small_data, tmp_path):
     res = run("screen", small_data, "--out", out, "--model", model_path, "--size", 32, "--probe-eps", "none",
               "--device", "cpu", "-q")
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads((tmp_path / "s.summary.json").read_text())
     assert summary["fragile"] is None and summary["settings"]["probe_eps"] == []
     assert all(r["fragile"] is None and r["flip_eps"] is None for r in read_jsonl(out))
     probed = tmp_path / "p.jsonl"
     res = run("screen", small_data, "--out", probed, "--model", model_path, "--size", 32, "--probe-eps", "2",
               "--device", "cpu", "-q")
-    assert res.exit_code == 0 and isinstance(json.loads(res.output)["fragile"], int)
+    assert res.exit_code == 0 and isinstance(json.loads((tmp_path / "p.summary.json").read_text())["fragile"], int)
     assert all(isinstance(r["fragile"], bool) for r in read_jsonl(probed))
 
 

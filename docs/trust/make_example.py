@@ -1,4 +1,4 @@
-"""Regenerate the README's "Trustworthy evaluation" example from the bundled models.
+"""Regenerate the "Trustworthy evaluation" example (docs/robustness.md) from the bundled models.
 
     python docs/trust/make_example.py [--count 100] [--seed 3] [--data DIR] [--stages eval,cross,grid,render]
 
@@ -10,7 +10,8 @@ stages and writes their results here:
 - cross:  `recapfast transfer DIR --source baseline --target robust,bayar,meso4 --cross --attack fgsm,apgd --eps 2`
           -> example_cross.json, example_cross.md
 - grid:   APGD (100 steps) on every second patch at eps 1, 2, 5, on the uint8 grid and in float -> example_grid.json
-- render: example.md (the README tables and the masking verdicts) from the files above; printed.
+- render: example.md (the tables and the masking verdicts) from the files above, copied between the
+          trust-example markers of docs/robustness.md (tests/test_readme.py checks they agree); printed.
 """
 from __future__ import annotations
 
@@ -25,6 +26,20 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+PAGE = HERE.parent / "robustness.md"
+BEGIN, END = "<!-- trust-example:begin", "<!-- trust-example:end -->"
+
+
+def page_block(page: str) -> str:
+    """The example as the page holds it (between the markers, without them)."""
+    return page.split(BEGIN, 1)[1].split("-->", 1)[1].split(END, 1)[0].strip() + "\n"
+
+
+def replace_block(page: str, text: str) -> str:
+    head, rest = page.split(BEGIN, 1)
+    marker, rest = rest.split("-->", 1)
+    tail = rest.split(END, 1)[1]
+    return f"{head}{BEGIN}{marker}-->\n{text.strip()}\n{END}{tail}"
 MODELS = ("baseline", "robust")
 GRID_EPS = (1, 2, 5)
 
@@ -145,6 +160,7 @@ def main() -> None:
     if "render" in stages:
         text = render(a.count, a.seed)
         (HERE / "example.md").write_text(text)
+        PAGE.write_text(replace_block(PAGE.read_text(), text))
         print(text)
 
 

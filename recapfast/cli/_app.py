@@ -202,18 +202,10 @@ def write_text_atomic(path: Path, text: str) -> None:
     write_text(path, text)
 
 
+from ._progress import progress_bar  # noqa: E402,F401 - re-exported for the commands
+
+
 def stderr_console(quiet: bool):
     from rich.console import Console
 
     return Console(stderr=True, quiet=quiet)
-
-
-def progress_bar(console, total: int | None, description: str):
-    """A rich progress bar on stderr; use as a context manager, call the returned advance(n)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
-
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TimeRemainingColumn(), console=console, transient=True, disable=console.quiet)
-    task = progress.add_task(description, total=total)
-    return progress, (lambda n=1: progress.advance(task, n))

@@ -36,6 +36,7 @@ def doctor(
         ("requested backend", info["requested_backend"] or "invalid"),
         ("active backend", info["active_backend"] or "none"),
         ("why", info["reason"]),
+        ("speed", info.get("speed", "")),
     ]
     if info.get("build_dir"):
         rows.append(("build dir", info["build_dir"]))

@@ -40,6 +40,9 @@ def eval_command(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the result as JSON here.")] = None,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write one CSV row per attack x eps.")] = None,
     md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the markdown tables here.")] = None,
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML report: "
+                                                     "the tables, ROC curve, per-file rows, adversarial examples.")
+                        ] = None,
     size: SizeOpt = 64,
     tile: TileOpt = False,
     quantize: QuantizeOpt = True,
@@ -68,14 +71,14 @@ def eval_command(
         universal = load_uap(uap)
     if heatmap is not None:
         output_dir(heatmap, "--heatmap", run.force)
-    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md")):
+    for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md"), (html_out, "--html")):
         check_new_file(path, run.force, option)
     from recapfast import distributed  # torchrun: shard the files, sum the counters; rank 0 prints and writes
 
     dist_info = distributed.init(resolve_device(run.device))
     quiet = run.quiet or not dist_info.is_main
     console = stderr_console(quiet)
-    with lock_outputs(json_out, csv_out, md_out, heatmap):
+    with lock_outputs(json_out, csv_out, md_out, html_out, heatmap):
         net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info))
         samples = discover(data)
         bar, advance = progress_bar(console, len(samples), f"eval {detector.model}")
@@ -96,6 +99,14 @@ def eval_command(
             if path is not None:
                 write_text_atomic(path, text())
         typer.echo(result.to_markdown())
+        if html_out is not None:
+            from recapfast.reporting.html_eval import eval_html, per_file_pass
+
+            device = distributed.rank_device(resolve_device(run.device), dist_info)
+            extra = per_file_pass(net, samples, size, eps_values, device, batch=run.batch_size)
+            write_text_atomic(html_out, eval_html(result.to_markdown(), extra,
+                                                  f"recapfast eval {data} (model {detector.model})"))
+            typer.echo(f"HTML report: {html_out}")
         if heatmap is not None:
             from recapfast.attacks.localize import check_output_dir, write_heatmaps
 
@@ -103,6 +114,26 @@ def eval_command(
             bar, advance = progress_bar(console, len(samples), "heatmaps")
             with bar:
                 records = write_heatmaps(net, samples, data, heatmap, size, progress=advance)
+            _with_legends(records, size, heatmap)
             written = sum(r.heatmap is not None for r in records)
             typer.echo(f"wrote {written} heatmap(s) ({len(records) - written} image(s) with fewer than 2 tiles or "
                        f"unreadable) and {heatmap / 'heatmaps.json'}")
+
+
+def _with_legends(records, size: int, out_dir: Path) -> None:
+    """Each heatmap PNG again with the HTML report's colour scale, tile grid, hatched unscreened strip and a
+    legend panel (the picture write_heatmaps makes has none)."""
+    import numpy as np
+
+    from recapfast.data.folder import decode
+    from recapfast.io.atomic import write_file
+    from recapfast.reporting.html_report import heatmap_figure
+    from PIL import Image
+
+    for rec in records:
+        if rec.heatmap is None:
+            continue
+        img, _ = decode(rec.path)
+        mean = float(np.mean(rec.probs))
+        picture = Image.fromarray(heatmap_figure(img, rec.probs, size, 0.5, f"{Path(rec.path).name}: mean {mean:.3f}"))
+        write_file(rec.heatmap, writer=lambda fh, pic=picture: pic.save(fh, format="PNG"), root=out_dir)

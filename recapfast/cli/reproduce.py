@@ -13,7 +13,7 @@ PROTOCOLS = {
     # Zhao et al. 2018, section 4: 10000 + 10000 images per size, 100k iterations, lr 1e-4 x0.9 every 10k.
     "full": {"sizes": "64,128,256,512", "count": "10000", "iters": 100_000, "lr": 1e-4, "train_tile": None},
     # Sized for a shared 2-core CPU: fewer images at larger sizes (synthesis cost grows with the pixel
-    # count), and no training: the bundled 64 px models (README "Bundled models": trained on v3 data) are
+    # count), and no training: the bundled 64 px models (docs/training.md "Bundled models": trained on v3 data) are
     # evaluated at every size (the network ends in global average pooling).
     "cpu": {"sizes": "64,128,256,512", "count": "600,200,80,30", "iters": 600, "lr": 1e-3, "train_tile": 64,
             "val_every": 100, "lr_step": 60, "models": "baseline,robust"},
@@ -26,7 +26,7 @@ def reproduce_command(
                                              "(data and checkpoints under OUT/work/, git-ignored).")],
     protocol: Annotated[str, typer.Option("--protocol", help="Presets: full (the paper's: 64-512 px, 10000 + 10000 "
                                           "images, 100k iterations; for a GPU) or cpu (reduced, about an hour on "
-                                          "2 cores; see README).  Explicit options override.")] = "full",
+                                          "2 cores; see docs/guide.md).  Explicit options override.")] = "full",
     sizes: Annotated[Optional[str], typer.Option("--sizes", help="Comma-separated patch sizes.")] = None,
     count: Annotated[Optional[str], typer.Option("--count", help="Originals and recaptures per size (each): one "
                                                  "number, or one per size (comma-separated).")] = None,

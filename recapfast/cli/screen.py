@@ -1,14 +1,13 @@
 """recapfast screen DIR --out results.jsonl: which images look recaptured, and which verdicts are fragile."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._app import ModelOpt, app, progress_bar, resolve_device, stderr_console
-from ._options import RUN, Options, grouped
+from ._app import app, progress_bar, resolve_device, stderr_console
+from ._options import DETECTOR, RUN, Options, grouped
 
 
 @app.command("screen")
@@ -18,7 +17,9 @@ def screen_command(
                                          help="Folder (searched recursively) or one image file; no labels needed.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Records, one JSON object per line (.jsonl).")],
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write the records (no tile maps) as CSV.")] = None,
-    model: ModelOpt = "baseline",
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML report "
+                                                     "(thumbnails, tile heatmaps, sortable rows; no network).")] = None,
+    detector: Options = DETECTOR,
     size: Annotated[int, typer.Option("--size", min=8, help="Tile size in pixels (the model's patch size).")] = 64,
     probe_eps: Annotated[str, typer.Option("--probe-eps", help="Eps (grey levels) probed with FGSM and LLCM to "
                                            "find the smallest that flips the decision (each >= 0.5, <= 255); "
@@ -34,13 +35,17 @@ def screen_command(
                                            "or sha256 (content).")] = "stat",
     tile_map_inline: Annotated[int, typer.Option("--tile-map-inline", min=0, help="Tile maps with more tiles "
                                                  "go to a side file OUT_STEM.tiles/INDEX.json.")] = 256,
+    rows: Annotated[int, typer.Option("--rows", min=0, help="Table on stdout: every file when there are at most "
+                                      "2 x ROWS, else the first ROWS and the worst ROWS (smallest flip_eps); "
+                                      "0: the summary line only.")] = 10,
     run: Options = RUN.but(batch_size=32),
 ) -> None:
     """Screen a folder: per image p(recaptured), decision, tile map, the smallest flipping eps, errors."""
     from recapfast import distributed
     from recapfast.errors import raised_by_every_rank
-    from recapfast.models.checkpoint import load_model
     from recapfast.engine.screen import ScreenConfig, screen_folder
+    from recapfast.reporting import screen_table
+    from ._models import load_cli_model
 
     from recapfast.validate import number, output_file, parse_probe_eps
 
@@ -51,16 +56,17 @@ def screen_command(
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
     output_file(out, "--out", run.force, resume, resumable=True)
     output_file(csv_out, "--csv", run.force, resume)
+    output_file(html_out, "--html", run.force, resume)
     dev = resolve_device(run.device)
     info = distributed.init(dev)
     dev = distributed.rank_device(dev, info)
     quiet = run.quiet or not info.is_main
     console = stderr_console(quiet)
-    net = load_model(model, dev)
+    net = load_cli_model(detector, dev)
     config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
                           max_pixels=max_pixels, batch_size=run.batch_size, workers=run.workers, resume_by=resume_by,
                           tile_map_inline=tile_map_inline)
-    bar, advance = progress_bar(console, None, f"screen {model}")
+    bar, advance = progress_bar(console, None, f"screen {detector.model}")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     try:
         with bar:
@@ -72,7 +78,15 @@ def screen_command(
         raise
     distributed.shutdown()
     if info.is_main:
-        typer.echo(json.dumps(result.summary, indent=2, ensure_ascii=False))
+        typer.echo(screen_table.table(out, result.summary, rows, threshold, fragile_eps, tuple(eps_values),
+                                      str(result.summary_file)))
+        if html_out is not None:
+            from recapfast.io.atomic import write_text
+            from recapfast.reporting.html_report import screen_html
+
+            write_text(html_out, screen_html(screen_table.read_records(out), out, result.summary, size, threshold,
+                                             fragile_eps, f"recapfast screen {data}"))
+            typer.echo(f"HTML report: {html_out}")
     if result.summary["screened"] == 0:
         from recapfast.data.folder import DataError
 

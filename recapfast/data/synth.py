@@ -180,7 +180,7 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
 
     Layout: ``out_dir/original/000000.png ...``, ``out_dir/recaptured/000000.png ...``.  Image i
     of class c is a pure function of (seed, c, i, size, jpeg_prob).  ``workers`` processes render
-    in parallel (default min(2, cpu count)).  ``progress(n_done)`` is called as images finish.
+    in parallel (default min(2, cpu count)).  ``progress(1)`` is called as each image finishes.
     Raises FileExistsError if a class folder already holds files.  Returns the manifest dict.
     """
     size, count, seed = int(size), int(count), int(seed)
@@ -215,7 +215,7 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
         files[label][index] = {"file": rel, "sha256": digest, "params": params}
         done += 1
         if progress is not None:
-            progress(done)
+            progress(1)
 
     if workers == 1 or len(jobs) < 16:
         for job in jobs:

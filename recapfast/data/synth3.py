@@ -89,7 +89,7 @@ CLASS_DIRS = ("original", "recaptured")
 SIGN_PATTERN_ENERGY = math.sqrt(math.pi) / 2.0   # mean |F| / sqrt(N) of an i.i.d. +-1 pattern
 # Documented bound on the mean trace energy of v3 recaptures at 64 px (grey levels; tested): about
 # three times an eps-1 sign pattern, a third of v2's trace (computed the same way against the plain
-# capture by its recapturing camera: mean 8.3 over 30 scenes).  v3's measured value is in README.
+# capture by its recapturing camera: mean 8.3 over 30 scenes).  v3's measured value is in docs/training.md.
 TRACE_ENERGY_BOUND = 2.7
 _F32 = np.float32
 _PLAIN_Q = 2                                      # fine samples per sensor px of a plain capture

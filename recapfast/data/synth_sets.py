@@ -11,7 +11,7 @@ Originals of photo scenes are, with probability ``direct`` (default 0.6), the ph
 random crop, area-averaged to the patch size: real camera output), otherwise a plain capture of the scene by
 the simulated camera (itself a second capture of a camera's output, which detectors learn to call
 recaptured); recaptures always go through the display and the recapturing camera.  The share is a
-trade-off, measured on the bundled models' data (README): direct photos keep the photo's own histograms,
+trade-off, measured on the bundled models' data (docs/training.md): direct photos keep the photo's own histograms,
 while recaptures are matched to a simulated capture, so at 1.0 a logistic regression on global statistics
 separated the classes at 69% (limit 65%); at 0.6, 60%.
 """
@@ -77,13 +77,13 @@ def _run(jobs: list, workers: int, init_args: tuple, progress) -> dict:
             rel, digest, params = _render(job)
             results[rel] = {"file": rel, "sha256": digest, "params": params}
             if progress:
-                progress(len(results))
+                progress(1)
         return results
     with mp.get_context().Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
         for rel, digest, params in pool.imap_unordered(_render, jobs, chunksize=max(1, min(32, len(jobs) // (8 * workers)))):
             results[rel] = {"file": rel, "sha256": digest, "params": params}
             if progress:
-                progress(len(results))
+                progress(1)
     return results
 
 
@@ -152,9 +152,8 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
             jobs = [(str(out), f"{name}/{CLASS_DIRS[label]}/{i:06d}.png", size, label, (seed, 1000 + k, label, i),
                      float(jpeg_prob), "v3") for i in range(n_split) for label in (0, 1)]
             share = procedural if idx else 1.0
-            base = sum(int(round(count * split[j])) * 2 for j in range(k))
-            prog = (lambda n, b=base: progress(b + n)) if progress else None
-            res = _run(jobs, workers, ([arrays[i] for i in idx], [photos[i].name for i in idx], share, direct), prog)
+            res = _run(jobs, workers, ([arrays[i] for i in idx], [photos[i].name for i in idx], share, direct),
+                       progress)
             manifest["splits"][name] = {"count": n_split, "photos": [photos[i].name for i in idx],
                                         "procedural_share": share,
                                         "files": [res[j[1]] for j in sorted(jobs, key=lambda j: (j[3], j[1]))]}

@@ -1,7 +1,7 @@
 """Output locks: one writer per output, for the whole run, whatever the process layout.
 
 Every command that writes an output takes an advisory ``flock`` on a lock file beside it
-(``results.jsonl`` -> ``results.jsonl.lock``, ``adv/`` -> ``adv.lock``) before it checks, clears
+(``results.jsonl`` -> ``.results.jsonl.lock``, ``adv/`` -> ``.adv.lock``: hidden) before it checks, clears
 or writes anything, and holds it until it has finished.  A second writer of the same output —
 a fresh run, a ``--resume``, ``--force``, or a torchrun job with any number of ranks — finds the
 lock taken and stops with one line (exit code 1) before touching the output.
@@ -34,7 +34,7 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def lock_path(out) -> Path:
     out = Path(out)
     name = out.name or out.resolve().name
-    return out.with_name(name + ".lock")
+    return out.with_name(f".{name}.lock")         # hidden: a work folder does not fill up with lock files
 
 
 class OutputLock:

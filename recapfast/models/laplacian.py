@@ -11,7 +11,7 @@ from recapfast import ops
 
 # Default channel widths of the five conv units.  Yang et al. do not fix widths that fit a
 # 2-core CPU; these keep a 64x64 forward at ~10 MFLOP/image and the weights at ~0.7 MB
-# while the detector still separates the synthetic recapture data (see README).
+# while the detector still separates the synthetic recapture data (see docs/training.md).
 DEFAULT_WIDTHS = (8, 16, 32, 64, 128)
 
 

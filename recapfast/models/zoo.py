@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -112,8 +113,17 @@ def load_exported(path: str | os.PathLike) -> ExportedDetector:
     return ExportedDetector(program.module(), batch, spatial, str(path))
 
 
+def _working_directory_on_path() -> None:
+    """Put the working directory first on ``sys.path`` (as uvicorn and gunicorn do), so ``mypkg.nets:make`` run from
+    the folder that holds ``mypkg`` imports it without PYTHONPATH.  Importing runs that code: treat it like code."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
     module_name, attr = spec.split(":")
+    _working_directory_on_path()
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:

@@ -237,8 +237,46 @@ def doctor_info(build: bool = True) -> dict:
         else:
             reason = f"extension unavailable: {state.error}"
     info.update(active_backend=active, reason=reason, extension_with_cuda=state.with_cuda if state.loaded else None,
-                build_dir=state.build_dir or None, build_log=state.log_path or None)
+                build_dir=state.build_dir or None, build_log=state.log_path or None, speed=_speed(active, reason, info))
     return info
+
+
+# The plain-PyTorch backend against the C++ core: 179.8 vs 440.6 images/CPU-s, 64 px FGSM+LLCM sweep at eps 1..5,
+# one thread (bench/results/amd-epyc-2c.json, the README's performance table).
+SLOW_FACTOR = "about 2.4x"
+
+
+def _cached_build() -> bool | None:
+    """Whether the build cache holds a library for the current sources and toolchain (None: cannot tell)."""
+    try:
+        src = _build.source_dir()
+        name = _build.build_name(src, _build.cuda_wanted())
+    except Exception:  # noqa: BLE001 - doctor reports what it can; a broken toolchain shows in its other rows
+        return None
+    return (_build.cache_root() / name / f"{name}.so").is_file()
+
+
+def _speed(active: str | None, reason: str, info: dict) -> str:
+    """Whether the fast path is on; when the slow backend runs, why and what to do about it."""
+    if active == "ext":
+        return "fast: the C++ core is active"
+    if active != "torch":
+        cached = _cached_build()
+        if cached is None:
+            return "unknown (the backend is not determined yet)"
+        if cached:
+            return "unknown (--no-build): a build of these sources is cached, so the C++ core should load"
+        return f"unknown (--no-build): no cached build; the first use compiles one ({_build.FIRST_BUILD_MEASURED})"
+    if info.get("requested_backend") == "torch":
+        fix = "unset RECAPFAST_BACKEND (or pass --backend auto)"
+    elif not info.get("ninja"):
+        fix = "pip install ninja"
+    elif not info.get("compiler"):
+        fix = "install a C++ compiler (g++) or set CXX"
+    else:
+        fix = "see the build log" + (f" ({info['build_log']})" if info.get("build_log") else "")
+    return (f"SLOW: the plain-PyTorch backend is active, {SLOW_FACTOR} slower than the C++ core (64 px sweep); "
+            f"why: {reason}; fix: {fix}")
 
 
 __all__ = ["perturb", "laplace_conv", "laplacian", "relu_pool", "relu_pool_backward", "stem_pool", "stem_pool_backward", "adv_metrics", "set_backend", "active_backend", "requested_backend",

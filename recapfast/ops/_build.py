@@ -45,6 +45,11 @@ _SOURCE_SUFFIXES = (".cpp", ".cu", ".cuh", ".h", ".hpp")
 _CFLAGS = ["-O3", "-std=c++17"]
 _CUDA_CFLAGS = ["-O3"]  # no --use_fast_math: perturb must round exactly like the reference
 _OWNER_FILE = "recapfast-build-owner"
+# What the first build costs, measured on a shared 2-core x86_64 cloud machine (MAX_JOBS=2, g++ 12): 69.7 s at
+# 1-min load 2.6-4, 194.7 s and 221.3 s at load 5-6 (fresh clones, `recapfast demo` / `doctor`), 204.7 s in
+# issue 22's trial.
+FIRST_BUILD_MEASURED = "1-4 min on a 2-core x86_64 machine, 70-221 s measured, longer under load"
+PROGRESS_EVERY = 20.0     # seconds between progress reports on the compiling line
 
 
 @dataclasses.dataclass
@@ -64,6 +69,7 @@ class BuildState:
     log_path: str = ""
     fallback_reported: bool = False
     line_open: bool = False    # the "compiling ..." line on stderr awaits its end (after a failed build)
+    building: bool = False     # a compile is running now (its line on stderr is open; others wait to print)
     registered: bool = False   # fake kernels / autograd registered (once per process)
 
 
@@ -287,24 +293,36 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
     if state.with_cuda:
         os.environ["TORCH_CUDA_ARCH_LIST"] = cuda_arch_list()   # what the build name was keyed on
     verbose = os.environ.get("RECAPFAST_BUILD_VERBOSE", "") not in ("", "0")
-    print("recapfast: compiling C++ extension (first use) ...", end="", file=sys.stderr, flush=True)
+    sources = _sources(src, state.with_cuda)
+    state.building = True
+    print(f"recapfast: compiling C++ extension (first use, then cached; {FIRST_BUILD_MEASURED}) ...", end="",
+          file=sys.stderr, flush=True)
     start = time.perf_counter()
+    wall_start = time.time()
     ok = False
     # torch waits without limit for another builder's lock; a watchdog removes it if that builder dies,
-    # after which torch's load fails (nothing was built) instead of hanging.
+    # after which torch's load fails (nothing was built) instead of hanging.  It also reports progress on the
+    # open line: the sources compiled so far (their object files) and the time, every PROGRESS_EVERY seconds.
     done = threading.Event()
 
     def watchdog() -> None:
-        while not done.wait(5.0):
+        next_report = PROGRESS_EVERY
+        while not done.wait(min(5.0, PROGRESS_EVERY)):
             message = clear_stale_lock(build_dir)
             if message:
                 print(f"\n{message}", file=sys.stderr, flush=True)
+            elapsed = time.perf_counter() - start
+            if elapsed >= next_report:
+                next_report += PROGRESS_EVERY
+                compiled = compiled_objects(build_dir, wall_start)
+                print(f" {min(compiled, len(sources))}/{len(sources)} sources compiled, {elapsed:.0f}s ...", end="",
+                      file=sys.stderr, flush=True)
 
     threading.Thread(target=watchdog, name="recapfast-lock-watchdog", daemon=True).start()
     try:
         cpp_extension.load(
             name=state.name,
-            sources=[str(p) for p in _sources(src, state.with_cuda)],
+            sources=[str(p) for p in sources],
             extra_cflags=_CFLAGS,
             extra_cuda_cflags=_CUDA_CFLAGS,
             extra_include_paths=[str(src)],
@@ -322,11 +340,20 @@ def _compile(state: BuildState, src: Path, build_dir: Path) -> None:
         # is appended to it, so a first use prints one line.
         print(f" {'done' if ok else 'failed'} in {state.seconds:.1f}s", end="", file=sys.stderr, flush=True)
         state.line_open = True
+        state.building = False
         for key, value in env_saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def compiled_objects(build_dir: Path, since: float) -> int:
+    """How many object files the build running since ``since`` (epoch seconds) has written so far."""
+    try:
+        return sum(1 for p in Path(build_dir).iterdir() if p.suffix == ".o" and p.stat().st_mtime >= since)
+    except OSError:
+        return 0
 
 
 def say(message: str) -> None:

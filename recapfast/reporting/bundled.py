@@ -1,12 +1,12 @@
-"""The README's "Bundled models" numbers, rendered from the committed JSON files (never typed by hand).
+"""The "Bundled models" numbers of docs/training.md, rendered from the committed JSON files (never typed by hand).
 
     python -m recapfast.reporting.bundled trace docs/bundled/trace.json   # v3 trace energy (64 px, 200 scenes)
-    python -m recapfast.reporting.bundled table docs/bundled              # the markdown block for README
+    python -m recapfast.reporting.bundled table docs/bundled              # the markdown block for docs/training.md
 
 ``table`` reads, from the folder: ``baseline_test.json`` and ``robust_test.json`` (``recapfast eval
 --json`` on the held-out split), ``baseline_photos.json`` (``recapfast eval --tile --json`` on the
 never-recaptured sample photos, all labelled original), ``baseline_flip.json`` (``python -m
-recapfast.engine.flipdist``) and ``trace.json``.  tests/test_bundled_docs.py checks that README holds
+recapfast.engine.flipdist``) and ``trace.json``.  tests/test_bundled_docs.py checks that docs/training.md holds
 exactly this block.
 """
 from __future__ import annotations

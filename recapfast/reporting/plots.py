@@ -24,7 +24,8 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError as err:
-        raise PlotError("plots need matplotlib: install recapfast[plot] (pip install 'recapfast[plot]')") from err
+        raise PlotError("plots need matplotlib: pip install matplotlib (the same as the plot extra: from a clone's "
+                        "root, pip install '.[plot]')") from err
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
@@ -90,7 +91,7 @@ def example_grid(examples: dict, size: int, path) -> Path:
             ax.set_xticks([])
             ax.set_yticks([])
             wrong = pred != labels[b]
-            ax.set_title(f"{what}\ntrue {short[labels[b]]}, pred {short[pred]}\np={prob:.2f}", fontsize=7.5,
+            ax.set_title(f"{what}\ntrue {short[labels[b]]}, pred {short[pred]}\np({short[pred]})={prob:.2f}", fontsize=7.5,
                          color="tab:red" if wrong else "black")
         axes[r][0].set_ylabel(f"{_MODEL_TITLES[model]}\n{CLASS_LABELS[labels[b]]} patch", fontsize=8)
     fig.suptitle(f"Clean and adversarial test patches ({size}x{size}); red title = misclassified", fontsize=10)

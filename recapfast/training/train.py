@@ -11,7 +11,7 @@ grad_x J is the gradient of the batch's summed cross-entropy with respect to eac
 train mode BatchNorm couples the images of a batch; taking the per-image slice of the summed
 loss's gradient is the usual batched form).  It is computed with ``create_graph=True`` so
 the penalty's gradient reaches the weights (double backprop).  Pixel units: images are
-[0, 255], so lambda is on that scale (see README for the measured choice).
+[0, 255], so lambda is on that scale (see docs/training.md for the measured choice).
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class TrainConfig:
     lr_decay: float = 0.9
     lr_step: int = 10_000
     robust: bool = False
-    penalty: float = 10.0           # lambda of eq. 5 (pixel units; chosen by the validation sweep in README); robust only
+    penalty: float = 10.0           # lambda of eq. 5 (pixel units; chosen by the validation sweep in docs/training.md); robust only
     penalty_mode: str = "exact"     # "exact": double backprop (eq. 5); "fd": finite difference (fd_robust_loss)
     adv_count: int = 32             # k of eq. 7
     adv_weight: float = 0.2         # alpha of eq. 7
@@ -265,7 +265,7 @@ def train(
     device = torch.device(device)
     torch.manual_seed(config.seed)
     model = _initial_model(config).to(device)
-    # Under torchrun: data-parallel over the ranks (README, "Several processes and machines"); one rank is a no-op.
+    # Under torchrun: data-parallel over the ranks (docs/screening.md, "Several processes and machines"); one rank is a no-op.
     dist_info = distributed.current()
     if dist_info.enabled:
         if config.batch_size % dist_info.world or config.batch_size < 2 * dist_info.world:

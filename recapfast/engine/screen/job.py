@@ -134,6 +134,9 @@ def _screen_locked(model, root, out: Path, config: ScreenConfig, resume, force, 
                 if item.patches is not None:
                     tiles += int(item.patches.shape[0])
             writer.write_batch(records)
+            for rec in records:                  # named on stderr as they are written, as eval names skipped files
+                if rec.get("error") is not None:
+                    log(f"skipped {rec['path']}: {rec['error']}: {rec.get('reason') or ''}".rstrip(": "))
             processed += len(records)
             if progress is not None:
                 progress(len(records))

@@ -4,7 +4,7 @@ Output: JSON Lines, one record per discovered file, in discovery (sorted path) o
 with one ``os.write`` per complete line and fsynced after every batch, so a ``kill -9`` loses at
 most the batch being written and never leaves a torn line that ``resume`` cannot repair.  The
 summary is written at the end, atomically (recapfast.io.atomic).  Tile maps with more tiles than
-``tile_map_inline`` go to a side file in ``<out>.tiles/``.  See README for the schema.
+``tile_map_inline`` go to a side file in ``<out>.tiles/``.  See docs/screening.md for the schema.
 """
 from __future__ import annotations
 
