@@ -114,6 +114,7 @@ def test_demo_runs_on_the_bundled_models(tmp_path):
     assert res.exit_code == 0, res.output
     assert res.output.count("Clean accuracy:") == 2
     assert "model `baseline`" in res.output and "model `robust`" in res.output
+    assert res.output.count("### Worst-case check:") == 2
 
 
 def test_option_groups_keep_each_commands_option_order_and_pass_namespaces():
