@@ -145,7 +145,8 @@ def _root(
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Files per batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader decode processes (0: in-process).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SEED_MAX = 2 ** 63 - 1   # torch.Generator.manual_seed and numpy take it; one range for every seed option
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust) or a .safetensors path.")]

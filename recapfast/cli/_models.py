@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ._app import SEED_MAX
+
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="State dict (.safetensors) for a pkg.module:factory --model.")]
 InputRangeOpt = Annotated[str, typer.Option(
@@ -19,7 +21,9 @@ ApgdRestartsOpt = Annotated[int, typer.Option("--apgd-restarts", min=1, help="AP
 SquareQueriesOpt = Annotated[int, typer.Option("--square-queries", min=1,
                                                help="Square Attack query budget per patch, eps and restart.")]
 SquareRestartsOpt = Annotated[int, typer.Option("--square-restarts", min=1, help="Square Attack restarts.")]
-AttackSeedOpt = Annotated[int, typer.Option("--attack-seed", help="Seed of APGD's starts and Square's draws.")]
+AttackSeedOpt = Annotated[int, typer.Option("--attack-seed", min=0, max=SEED_MAX,
+                                            help="Seed of APGD's starts and Square's draws.")]
+PgdSeedOpt = Annotated[int, typer.Option("--pgd-seed", min=0, max=SEED_MAX, help="Seed of PGD's random start.")]
 
 ATTACK_HELP = ("fgsm, llcm (one shared gradient for all eps), bim, illc, pgd, mifgsm, apgd (iterative, run per eps), "
                "square (black-box, logits only), auto (= fgsm,apgd,square)")

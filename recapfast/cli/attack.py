@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import ExistingDir, SizeOpt, TileOpt, app, progress_bar, resolve_device, stderr_console
+from ._models import PgdSeedOpt
 from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
@@ -23,7 +24,7 @@ def attack_command(
                                                  "iterations (default Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative attacks: step in grey "
                                                        "levels (default 1).")] = None,
-    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    pgd_seed: PgdSeedOpt = 0,
     full_size: Annotated[bool, typer.Option("--full-size", help="Write the whole adversarial image (every tile "
                                             "of the --size grid attacked in place), not a crop.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip the files its manifest.jsonl "

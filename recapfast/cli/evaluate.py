@@ -9,7 +9,7 @@ import typer
 
 from ._app import (ExistingDir, QuantizeOpt, SizeOpt, TileOpt, app, check_new_file, progress_bar, resolve_device,
                    stderr_console, write_text_atomic)
-from ._models import ATTACK_HELP
+from ._models import ATTACK_HELP, PgdSeedOpt
 from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
@@ -24,7 +24,7 @@ def eval_command(
                                                  "(default: Kurakin's floor(min(eps+4, 1.25 eps)) per eps).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Step of the iterative attacks "
                                                        "in grey levels (default 1).")] = None,
-    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    pgd_seed: PgdSeedOpt = 0,
     budget: Options = BUDGET,
     jpeg: Annotated[Optional[str], typer.Option("--jpeg", help="Also evaluate every image after a JPEG round trip at "
                                                 "these qualities, e.g. 75,90 (Pillow).")] = None,

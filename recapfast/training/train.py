@@ -108,7 +108,7 @@ class StepBatches:
     def indices(self, step: int) -> list[int]:
         epoch, pos = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2 ** 64))
             self._epoch = epoch
         chunk = self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         if chunk.numel() < min(self.batch_size, self.n):  # n < batch size: wrap around
@@ -141,7 +141,7 @@ def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: i
     resumable and a torchrun rank holding images r, r + world, ... gets exactly their eps.
     """
     k_global = min(config.adv_count, global_batch)
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2 ** 64)
     eps = config.eps_min + (config.eps_max - config.eps_min) * torch.rand(k_global, generator=gen)
     return eps[rank::world]
 
