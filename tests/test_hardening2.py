@@ -62,3 +62,11 @@ def test_the_largest_seed_trains(setup, tmp_path):
     res = run("train", data, "--out", tmp_path / "m.safetensors", "--iters", 1, "--val-every", 1, "--batch-size", 2,
               "--widths", "4,4,4,4,4", "--size", 16, "--device", "cpu", "-q", "--seed", 2 ** 63 - 1)
     assert res.exit_code == 0, res.output[-3000:]
+
+
+# ---------------------------------------------------------------- 3: an empty --jpeg list
+
+@pytest.mark.parametrize("value", [",", "", " , ", "75,", ",,90"])
+def test_empty_jpeg_list_is_refused(setup, value):
+    data, model = setup
+    one_line_error(run("eval", data, "--model", model, "--jpeg", value, *COMMON), "--jpeg")

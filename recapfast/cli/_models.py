@@ -79,7 +79,7 @@ def trust_config(budget, seed: Optional[int] = None, jpeg: Optional[str] = None,
     from recapfast.engine.trust import TrustConfig
 
     try:
-        qualities = tuple(parse_qualities(jpeg)) if jpeg else ()
+        qualities = tuple(parse_qualities(jpeg)) if jpeg is not None else ()
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--jpeg") from err
     seed = budget.attack_seed if seed is None else seed
