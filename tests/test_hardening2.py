@@ -70,3 +70,34 @@ def test_the_largest_seed_trains(setup, tmp_path):
 def test_empty_jpeg_list_is_refused(setup, value):
     data, model = setup
     one_line_error(run("eval", data, "--model", model, "--jpeg", value, *COMMON), "--jpeg")
+
+
+# ---------------------------------------------------------------- 8: non-finite --mean / --std
+
+@pytest.mark.parametrize("option,value", [("--std", "nan"), ("--std", "1,nan,1"), ("--mean", "inf"),
+                                          ("--mean", "-inf,0,0")])
+def test_non_finite_mean_std_refused(setup, option, value):
+    data, _ = setup
+    other = {"--std": ("--mean", "0.5"), "--mean": ("--std", "0.5")}[option]
+    one_line_error(run("eval", data, "--model", "h21_models:good", option, value, *other, *COMMON), option)
+
+
+def test_non_finite_convention_refused_by_the_api():
+    from recapfast.models.pixels import InputConvention
+
+    with pytest.raises(ValueError, match="finite"):
+        InputConvention(1.0, (float("nan"),), (1.0,)).validate()
+
+
+# ---------------------------------------------------------------- 5: a factory whose module fails to import
+
+@pytest.mark.parametrize("source,needle", [("raise RuntimeError('boom\\nsecond line')\n", "RuntimeError: boom"),
+                                           ("def make(:\n    pass\n", "SyntaxError"),
+                                           ("import sys\nsys.exit(3)\n", "SystemExit"),
+                                           ("x = 1 / 0\n", "ZeroDivisionError")])
+def test_factory_module_failing_on_import_is_one_line(setup, tmp_path, monkeypatch, source, needle):
+    data, _ = setup
+    name = f"h21_broken_{abs(hash(source)) % 10 ** 8}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    one_line_error(run("eval", data, "--model", f"{name}:make", *COMMON), f"{name}:make", needle)

@@ -16,6 +16,7 @@ users in that frame:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 import torch
 from torch import nn
@@ -37,6 +38,8 @@ class InputConvention:
         if self.mean is not None:
             if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
                 raise ValueError("mean and std take 1 or 3 values (one per RGB channel)")
+            if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+                raise ValueError(f"mean and std must be finite numbers, got {list(self.mean)} and {list(self.std)}")
             if any(s <= 0 for s in self.std):
                 raise ValueError(f"std values must be > 0, got {list(self.std)}")
 
@@ -55,9 +58,12 @@ def parse_floats_list(text: str | None, option: str) -> tuple | None:
     if text is None or not text.strip():
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{option} {text!r}: give comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option} {text!r}: every value must be a finite number")
+    return values
 
 
 class InputAdapter(nn.Module):

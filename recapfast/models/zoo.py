@@ -128,10 +128,12 @@ def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise CheckpointError(f"--model {spec}: cannot import it ({err})") from err
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - the module's own code failed (syntax, a raise at import)
+        raise CheckpointError(f"--model {spec}: importing {module_name} failed ({_one_line(err)})") from err
     try:
         model = factory()
     except Exception as err:  # noqa: BLE001 - the user's factory failing is the user's error, reported in one line
-        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({_one_line(err)})") from err
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -139,6 +141,14 @@ def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
             raise CheckpointError(f"--weights {weights}: give an existing .safetensors file")
         _load_state(model, Path(weights), f"--weights {weights}", spec)
     return model
+
+
+def _one_line(err: BaseException) -> str:
+    """``Type: first line of the message`` (a SyntaxError with its file and line)."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, SyntaxError) and err.filename:
+        text = f"{err.msg} ({err.filename}, line {err.lineno})"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _load_state(model: nn.Module, weights: Path, where: str, what: str) -> None:
