@@ -101,3 +101,145 @@ def test_factory_module_failing_on_import_is_one_line(setup, tmp_path, monkeypat
     (tmp_path / f"{name}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     one_line_error(run("eval", data, "--model", f"{name}:make", *COMMON), f"{name}:make", needle)
+
+
+# ---------------------------------------------------------------- 6, 7: a foreign model's outputs
+
+FACTORIES = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, outputs=2, channels=3, spatial=False, nan_when_bright=False, nan_always=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(channels, 4, 3)
+        self.fc = nn.Linear(4, outputs)
+        self.spatial, self.nan_when_bright, self.nan_always = spatial, nan_when_bright, nan_always
+
+    def forward(self, x):
+        h = self.conv(x).relu()
+        if self.spatial:
+            return h[:, :2]
+        z = self.fc(h.mean((2, 3)))
+        if self.nan_always:
+            return z * float("nan")
+        if self.nan_when_bright:
+            bright = x.mean((1, 2, 3)) > 150
+            z = torch.where(bright.unsqueeze(1), torch.full_like(z, float("nan")), z)
+        return z
+
+
+def good():
+    return Net()
+
+
+def one_logit():
+    return Net(outputs=1)
+
+
+def three():
+    return Net(outputs=3)
+
+
+def spatial():
+    return Net(spatial=True)
+
+
+def grey():
+    return Net(channels=1)
+
+
+def nan():
+    return Net(nan_always=True)
+
+
+def nan_later():
+    return Net(nan_when_bright=True)
+
+
+def returns_tuple_of_nothing():
+    class Odd(nn.Module):
+        def forward(self, x):
+            return ()
+    return Odd()
+'''
+
+
+@pytest.fixture
+def factories(tmp_path, monkeypatch):
+    import sys
+
+    name = "h21_factories"
+    (tmp_path / f"{name}.py").write_text(FACTORIES)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop(name, None)
+    yield name
+    sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize("factory,needle", [("three", "(2, 3)"), ("spatial", "[B, 2]"), ("grey", "fails on a"),
+                                            ("nan", "non-finite"), ("returns_tuple_of_nothing", "[B, 2]")])
+@pytest.mark.parametrize("cmd", ["eval", "attack", "screen"])
+def test_bad_model_outputs_are_one_line(setup, tmp_path, factories, factory, needle, cmd):
+    data, _ = setup
+    extra = {"eval": [], "attack": ["--out", tmp_path / "adv"], "screen": ["--out", tmp_path / "r.jsonl"]}[cmd]
+    one_line_error(run(cmd, data, "--model", f"{factories}:{factory}", *extra, *COMMON),
+                   f"--model {factories}:{factory}", needle)
+    assert not (tmp_path / "adv").exists() and not (tmp_path / "r.jsonl").exists()
+
+
+def test_one_logit_and_two_logit_factories_run(setup, factories):
+    data, _ = setup
+    for factory in ("good", "one_logit"):
+        res = run("eval", data, "--model", f"{factories}:{factory}", *COMMON)
+        assert res.exit_code == 0, res.output[-3000:]
+
+
+def test_first_batch_checked_in_the_engine(setup, factories):
+    """The library path (no CLI probe) checks the first real batch too."""
+    import importlib
+
+    from recapfast.engine.evaluate import evaluate_folder
+    from recapfast.models.pixels import InputAdapter, InputConvention, ModelOutputError
+
+    data, _ = setup
+    module = importlib.import_module(factories)
+    for factory in ("three", "nan", "grey"):
+        net = InputAdapter(getattr(module, factory)(), InputConvention()).eval()
+        with pytest.raises(ModelOutputError):
+            evaluate_folder(net, data, [2], ["fgsm"], size=32, batch_size=2, model_name=factory)
+
+
+def test_nan_logits_later_are_counted_not_accuracies(tmp_path, factories):
+    import numpy as np
+
+    from screen_helpers import png_bytes
+
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for label, lows in (("original", (0, 0)), ("recaptured", (0, 200))):
+        (data / label).mkdir(parents=True)
+        for i, low in enumerate(lows):      # the bright file (low 200) comes in the second batch
+            arr = rng.integers(low, low + 56, (40, 40, 3), dtype=np.uint8)
+            (data / label / f"{i}.png").write_bytes(png_bytes(arr))
+    out = tmp_path / "e.json"
+    res = run("eval", data, "--model", f"{factories}:nan_later", "--batch-size", 2, "--eps", "2",
+              "--attack", "fgsm,apgd", "--apgd-steps", 2, "--jpeg", 80, "--json", out, "--csv", tmp_path / "e.csv",
+              *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    result = json.loads(out.read_text())
+    assert result["nonfinite"] == 1 and result["patches"] == 3 and result["files"] == 4
+    assert sum(result["patches_per_class"]) == 3
+    assert "1 patch(es) got NaN or Inf logits" in res.output
+    assert "nan" not in json.dumps(result["detection"]["clean"]).lower()
+
+
+def test_nonfinite_is_summed_across_ranks(small_model):
+    from recapfast import distributed
+    from recapfast.engine.evaluate import Evaluator
+
+    evaluator = Evaluator(small_model, [2], ["fgsm"])
+    assert "nonfinite" in Evaluator.SUMMED
+    assert any(t is evaluator.nonfinite for t in distributed.summed_counters(evaluator))

@@ -42,11 +42,19 @@ def convention(opts):
     return conv
 
 
-def load_cli_model(detector, device):
-    """The --model (with --weights, --input-range, --mean, --std: recapfast.cli._options.DETECTOR) on ``device``."""
+def load_cli_model(detector, device, size: Optional[int] = None):
+    """The --model (with --weights, --input-range, --mean, --std: recapfast.cli._options.DETECTOR) on ``device``;
+    with ``size``, checked on two mid-grey patches of that size (runs on RGB, finite logits [B, 2]: one line
+    otherwise, before any work)."""
+    import torch
+
+    from recapfast.models.pixels import check_logits
     from recapfast.models.zoo import load_detector
 
-    return load_detector(detector.model, device, detector.weights, convention(detector))
+    net = load_detector(detector.model, device, detector.weights, convention(detector))
+    if size is not None:
+        check_logits(net, torch.full((2, 3, size, size), 128.0, device=device), f"--model {detector.model}")
+    return net
 
 
 def parse_attack_names(text: str, allowed) -> list[str]:

@@ -54,7 +54,7 @@ def attack_command(
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise ArgumentError(f"--out {out}: is inside the input folder {data}")
     console = stderr_console(run.quiet)
-    net = load_cli_model(detector, resolve_device(run.device))
+    net = load_cli_model(detector, resolve_device(run.device), size)
     extra = trust_config(budget)
     total = sum(1 for _ in discover(data, labelled=any((data / c).is_dir() for c in ("original", "recaptured"))))
     bar, advance = progress_bar(console, total, f"{attacks[0]} eps {eps_values[0]:g}")

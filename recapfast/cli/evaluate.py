@@ -79,7 +79,7 @@ def eval_command(
     quiet = run.quiet or not dist_info.is_main
     console = stderr_console(quiet)
     with lock_outputs(json_out, csv_out, md_out, html_out, heatmap):
-        net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info))
+        net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info), size)
         samples = discover(data)
         bar, advance = progress_bar(console, len(samples), f"eval {detector.model}")
         on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))

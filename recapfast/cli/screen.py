@@ -62,7 +62,7 @@ def screen_command(
     dev = distributed.rank_device(dev, info)
     quiet = run.quiet or not info.is_main
     console = stderr_console(quiet)
-    net = load_cli_model(detector, dev)
+    net = load_cli_model(detector, dev, size)
     config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
                           max_pixels=max_pixels, batch_size=run.batch_size, workers=run.workers, resume_by=resume_by,
                           tile_map_inline=tile_map_inline)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recapfast.errors import one_line
 from recapfast.models.checkpoint import BUNDLED, WEIGHTS_DIR, config_path, load_model, read_config
 from recapfast.io.checkpoint_check import MAX_WIDTH, CheckpointError, check_finite, check_tensors_match, read_header
 from recapfast.models.pixels import InputAdapter, InputConvention, two_class_logits
@@ -129,11 +130,11 @@ def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
     except (ImportError, AttributeError) as err:
         raise CheckpointError(f"--model {spec}: cannot import it ({err})") from err
     except (Exception, SystemExit) as err:  # noqa: BLE001 - the module's own code failed (syntax, a raise at import)
-        raise CheckpointError(f"--model {spec}: importing {module_name} failed ({_one_line(err)})") from err
+        raise CheckpointError(f"--model {spec}: importing {module_name} failed ({one_line(err)})") from err
     try:
         model = factory()
     except Exception as err:  # noqa: BLE001 - the user's factory failing is the user's error, reported in one line
-        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({_one_line(err)})") from err
+        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({one_line(err)})") from err
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -141,14 +142,6 @@ def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
             raise CheckpointError(f"--weights {weights}: give an existing .safetensors file")
         _load_state(model, Path(weights), f"--weights {weights}", spec)
     return model
-
-
-def _one_line(err: BaseException) -> str:
-    """``Type: first line of the message`` (a SyntaxError with its file and line)."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    if isinstance(err, SyntaxError) and err.filename:
-        text = f"{err.msg} ({err.filename}, line {err.lineno})"
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def _load_state(model: nn.Module, weights: Path, where: str, what: str) -> None:

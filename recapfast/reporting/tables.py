@@ -28,8 +28,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def clean_line(result) -> str:
     per_class = ", ".join(f"{name} {pct(a)} (n={n})" for name, a, n in
                           zip(result.class_names, result.clean_accuracy_per_class, result.patches_per_class))
-    return (f"Clean accuracy: {pct(result.clean_accuracy)} on {result.patches} patches "
+    line = (f"Clean accuracy: {pct(result.clean_accuracy)} on {result.patches} patches "
             f"({result.patch_size}x{result.patch_size}) from {result.files} files [{per_class}]")
+    nonfinite = getattr(result, "nonfinite", 0)
+    if nonfinite:
+        line += (f"\n\nWARNING: {nonfinite} patch(es) got NaN or Inf logits from the model; they are left out of "
+                 "every count (no accuracy, success rate or score includes them)")
+    return line
 
 
 def method_labels(result) -> dict:
