@@ -243,3 +243,20 @@ def test_nonfinite_is_summed_across_ranks(small_model):
     evaluator = Evaluator(small_model, [2], ["fgsm"])
     assert "nonfinite" in Evaluator.SUMMED
     assert any(t is evaluator.nonfinite for t in distributed.summed_counters(evaluator))
+
+
+# ---------------------------------------------------------------- 9: devices torch cannot run here
+
+@pytest.mark.parametrize("device", ["mps", "meta", "xla", "ipu:0", "cuda:99"])
+@pytest.mark.parametrize("cmd", ["eval", "attack", "screen", "train", "transfer", "uap"])
+def test_unusable_device_is_one_line(setup, tmp_path, cmd, device):
+    data, model = setup
+    args = {"eval": ["eval", data, "--model", model],
+            "attack": ["attack", data, "--out", tmp_path / "adv", "--model", model],
+            "screen": ["screen", data, "--out", tmp_path / "r.jsonl", "--model", model],
+            "train": ["train", data, "--out", tmp_path / "m.safetensors", "--iters", 1, "--batch-size", 2,
+                      "--widths", "4,4,4,4,4"],
+            "transfer": ["transfer", data, "--source", model, "--target", model],
+            "uap": ["uap", "--model", model, "--out", tmp_path / "u.png", "--iters", 1]}[cmd]
+    one_line_error(run(*args, "--size", 16 if cmd in ("train", "uap") else 32, "-q", "--device", device), "--device")
+    assert not any(tmp_path.iterdir())

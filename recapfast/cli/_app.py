@@ -169,6 +169,10 @@ def resolve_device(name: str):
         raise typer.BadParameter(f"{name!r} is not a device ({err})", param_hint="--device") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise typer.BadParameter("cuda requested but torch sees no GPU", param_hint="--device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise typer.BadParameter(f"{name!r}: torch sees {torch.cuda.device_count()} GPU(s)", param_hint="--device")
+    if device.type not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{name!r}: recapfast runs on cpu, cuda, cuda:N or auto", param_hint="--device")
     return device
 
 
