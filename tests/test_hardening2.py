@@ -260,3 +260,35 @@ def test_unusable_device_is_one_line(setup, tmp_path, cmd, device):
             "uap": ["uap", "--model", model, "--out", tmp_path / "u.png", "--iters", 1]}[cmd]
     one_line_error(run(*args, "--size", 16 if cmd in ("train", "uap") else 32, "-q", "--device", device), "--device")
     assert not any(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------- 17: lock paths of '.', '..' and their spellings
+
+def test_lock_path_of_dot_and_dotdot(tmp_path, monkeypatch):
+    from recapfast.io.lock import lock_outputs, lock_path
+    from recapfast.io.atomic import OutputError
+
+    work = tmp_path / "work" / "sub"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert lock_path(".") == lock_path(work) == tmp_path / "work" / ".sub.lock"
+    assert lock_path("..") == lock_path(tmp_path / "work") == lock_path("../sub/..") == tmp_path / ".work.lock"
+    assert lock_path("out.json") == lock_path(work / "out.json") == work / ".out.json.lock"
+    with lock_outputs(".", work):               # one output spelt twice: one lock
+        with pytest.raises(OutputError, match="another recapfast process"):
+            lock_outputs(work)
+    with lock_outputs(".."):
+        with pytest.raises(OutputError, match="another recapfast process"):
+            lock_outputs(tmp_path / "work")
+
+
+def test_attack_into_dot_with_input_dotdot(setup, tmp_path, monkeypatch):
+    import shutil
+
+    data, model = setup
+    shutil.copytree(data, tmp_path / "d")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    res = run("attack", "../d", "--out", ".", "--force", "--model", model, *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    assert (tmp_path / "work" / "manifest.json").is_file() and (tmp_path / ".work.lock").is_file()
