@@ -292,3 +292,24 @@ def test_attack_into_dot_with_input_dotdot(setup, tmp_path, monkeypatch):
     res = run("attack", "../d", "--out", ".", "--force", "--model", model, *COMMON)
     assert res.exit_code == 0, res.output[-3000:]
     assert (tmp_path / "work" / "manifest.json").is_file() and (tmp_path / ".work.lock").is_file()
+
+
+# ---------------------------------------------------------------- 10: one class: CSV empty where JSON is null
+
+def test_single_class_csv_has_no_nan(setup, tmp_path):
+    import csv
+    import shutil
+
+    data, model = setup
+    one = tmp_path / "one"
+    shutil.copytree(data / "original", one / "original")
+    res = run("eval", one, "--model", model, "--eps", "1,2", "--attack", "fgsm,apgd", "--apgd-steps", 2,
+              "--json", tmp_path / "e.json", "--csv", tmp_path / "e.csv", *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    text = (tmp_path / "e.csv").read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert not [v for r in rows for v in r.values() if v.lower() in ("nan", "inf", "-inf")], text
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["detection"]["clean"]["auc"] is None
+    clean = next(r for r in rows if r["attack"] == "clean")
+    assert clean["auc"] == "" and clean["eer"] == "" and float(clean["accuracy"]) >= 0
