@@ -117,7 +117,9 @@ def check_logits(model: nn.Module, x: torch.Tensor, what: str, classes: int = 2)
     """One forward of ``x`` (a first batch, pixel units): the model must run on [B, 3, H, W] and return finite
     logits [B, ``classes``]; otherwise one :class:`ModelOutputError` naming ``what``."""
     shape = "x".join(str(d) for d in x.shape)
+    training = model.training
     try:
+        model.eval()                     # never touches BatchNorm statistics
         with torch.no_grad():
             out = model(x.to(torch.float32))
     except UserError:
@@ -125,6 +127,8 @@ def check_logits(model: nn.Module, x: torch.Tensor, what: str, classes: int = 2)
     except Exception as err:  # noqa: BLE001 - the user's model failing on our input is the user's error
         raise ModelOutputError(f"{what}: fails on a {shape} batch of RGB pixel-unit patches ({one_line(err)})") \
             from err
+    finally:
+        model.train(training)
     if not torch.is_tensor(out) or tuple(out.shape) != (x.shape[0], classes):
         got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
         raise ModelOutputError(f"{what}: returned {got} for a {shape} batch; recapfast needs logits "
