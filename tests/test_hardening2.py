@@ -313,3 +313,50 @@ def test_single_class_csv_has_no_nan(setup, tmp_path):
     assert result["detection"]["clean"]["auc"] is None
     clean = next(r for r in rows if r["attack"] == "clean")
     assert clean["auc"] == "" and clean["eer"] == "" and float(clean["accuracy"]) >= 0
+
+
+# ---------------------------------------------------------------- 11: --init with --arch / --widths
+
+TRAIN = ("--iters", 1, "--val-every", 1, "--batch-size", 2, "--size", 16, "--device", "cpu", "-q")
+
+
+@pytest.mark.parametrize("extra,needle", [(("--arch", "bayar"), "--arch bayar"), (("--arch", "meso4"), "--arch meso4"),
+                                          (("--widths", "4,4,4,4,8"), "--widths 4,4,4,4,8")])
+def test_init_with_another_arch_or_widths_is_refused(setup, tmp_path, extra, needle):
+    data, model = setup                      # model: a laplacian checkpoint with widths 4,4,8,8,8
+    one_line_error(run("train", data, "--out", tmp_path / "m.safetensors", "--init", model, *extra, *TRAIN),
+                   needle, "--init")
+    one_line_error(run("train", data, "--out", tmp_path / "m.safetensors", "--init", "baseline", *extra, *TRAIN),
+                   needle, "--init baseline")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_init_with_its_own_arch_and_widths_trains(setup, tmp_path):
+    data, model = setup
+    res = run("train", data, "--out", tmp_path / "m.safetensors", "--init", model, "--arch", "laplacian",
+              "--widths", "4,4,8,8,8", *TRAIN)
+    assert res.exit_code == 0, res.output[-3000:]
+    config = json.loads((tmp_path / "m.json").read_text())
+    assert config["model"]["widths"] == [4, 4, 8, 8, 8]
+
+
+def test_library_refuses_init_of_another_arch(setup, tmp_path):
+    from recapfast.data.folder import DataError
+    from recapfast.training.train import TrainConfig, train
+
+    data, model = setup
+    with pytest.raises(DataError, match="not --arch bayar"):
+        train(data, tmp_path / "m.safetensors", TrainConfig(iters=1, batch_size=2, size=16, arch="bayar",
+                                                            widths=(3, 24, 16, 16, 32, 64), init=str(model)))
+
+
+def test_first_batch_check_leaves_batchnorm_alone(small_model):
+    import torch
+
+    from recapfast.models.pixels import check_logits
+
+    small_model.train()
+    before = {k: v.clone() for k, v in small_model.state_dict().items()}
+    check_logits(small_model, torch.full((2, 3, 32, 32), 200.0), "m")
+    assert small_model.training
+    assert all(torch.equal(before[k], v) for k, v in small_model.state_dict().items())

@@ -359,6 +359,15 @@ def train(
     return TrainResult(out, step, best, history, time.perf_counter() - t0)
 
 
+def init_architecture(init: str) -> tuple[str, tuple]:
+    """(arch as ``--arch`` names it, widths) of the checkpoint ``init`` (a bundled name or a .safetensors path)."""
+    from recapfast.models.archs import CONFIG_NAMES
+    from recapfast.models.zoo import load_recapfast
+
+    spec = load_recapfast(init, "cpu").config()
+    return CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+
+
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
     """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
     fine-tune; ``config`` takes its arch and widths."""
@@ -374,6 +383,8 @@ def _initial_model(config: TrainConfig) -> torch.nn.Module:
     # (the arch's defaults mean "unset", as the CLI passes them when --init is given).
     if tuple(config.widths) != widths and tuple(config.widths) != tuple(ARCHS[config.arch][1]):
         raise DataError(f"--init {config.init}: widths {widths} differ from --widths {tuple(config.widths)}")
+    if config.arch not in (arch, "laplacian"):       # laplacian: the default, "unset"
+        raise DataError(f"--init {config.init}: a {arch} checkpoint, not --arch {config.arch}")
     config.arch, config.widths = arch, widths
     return model.train()
 
