@@ -360,3 +360,43 @@ def test_first_batch_check_leaves_batchnorm_alone(small_model):
     check_logits(small_model, torch.full((2, 3, 32, 32), 200.0), "m")
     assert small_model.training
     assert all(torch.equal(before[k], v) for k, v in small_model.state_dict().items())
+
+
+# ---------------------------------------------------------------- 12: symlink loops in an input folder
+
+@pytest.fixture
+def looped(setup, tmp_path):
+    import os
+    import shutil
+
+    data, _ = setup
+    root = tmp_path / "looped"
+    shutil.copytree(data, root)
+    os.symlink("x.png", root / "original" / "x.png")                   # original/x.png -> x.png
+    os.symlink(root / "recaptured" / "b.png", root / "recaptured" / "a.png")
+    os.symlink(root / "recaptured" / "a.png", root / "recaptured" / "b.png")
+    return root
+
+
+def test_symlink_loop_is_a_per_file_record_in_eval(setup, looped, tmp_path):
+    _, model = setup
+    res = run("eval", looped, "--model", model, "--json", tmp_path / "e.json", *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["files"] == 4
+    errors = {e["path"].rsplit("/", 1)[1]: e["error"] for e in result["errors"]}
+    assert errors == {"x.png": "symbolic link loop", "a.png": "symbolic link loop", "b.png": "symbolic link loop"}
+
+
+def test_symlink_loop_is_a_per_file_record_in_attack(setup, looped, tmp_path):
+    _, model = setup
+    res = run("attack", looped, "--out", tmp_path / "adv", "--model", model, *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    assert "3 skipped" in res.output and len(list((tmp_path / "adv").rglob("*.png"))) == 4
+
+
+def test_symlink_loop_in_discovery(looped):
+    from recapfast.data.folder import discover
+
+    names = sorted(s.path.rsplit("/", 1)[1] for s in discover(looped))
+    assert names == ["000000.png", "000000.png", "000001.png", "000001.png", "a.png", "b.png", "x.png"]
