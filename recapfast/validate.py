@@ -181,5 +181,14 @@ def output_dir(path: Path, option: str, force: bool = False, resume: bool = Fals
         raise ArgumentError(f"{option} {path}: exists and is not empty ({hint})")
 
 
+def output_outside(path: Path | None, option: str, data: Path) -> None:
+    """An output folder of images must not lie in the input folder ``data`` (the next run would read them)."""
+    if path is None:
+        return
+    out, root = Path(path).resolve(), Path(data).resolve()
+    if out == root or root in out.parents:
+        raise ArgumentError(f"{option} {path}: is inside the input folder {data}")
+
+
 __all__ = ["ArgumentError", "check_eps", "check_step_size", "check_widths", "check_xi", "number", "output_dir",
-           "output_file", "parse_eps", "parse_numbers", "parse_probe_eps", "parse_xi"]
+           "output_file", "output_outside", "parse_eps", "parse_numbers", "parse_probe_eps", "parse_xi"]

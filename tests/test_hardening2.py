@@ -400,3 +400,24 @@ def test_symlink_loop_in_discovery(looped):
 
     names = sorted(s.path.rsplit("/", 1)[1] for s in discover(looped))
     assert names == ["000000.png", "000000.png", "000001.png", "000001.png", "a.png", "b.png", "x.png"]
+
+
+# ---------------------------------------------------------------- 16: --heatmap inside the labelled input folder
+
+@pytest.mark.parametrize("where", ["original/maps", "maps", ".", "recaptured"])
+def test_heatmap_inside_the_input_is_refused(setup, tmp_path, where):
+    import shutil
+
+    data, model = setup
+    root = tmp_path / "d"
+    shutil.copytree(data, root)
+    one_line_error(run("eval", root, "--model", model, "--heatmap", root / where, "--tile", *COMMON),
+                   "--heatmap", "inside the input folder")
+    assert sorted(p.name for p in root.rglob("*")) == sorted(p.name for p in data.rglob("*"))
+
+
+def test_heatmap_beside_the_input_is_fine(setup, tmp_path):
+    data, model = setup
+    res = run("eval", data, "--model", model, "--heatmap", tmp_path / "maps", "--size", 16, "--device", "cpu", "-q")
+    assert res.exit_code == 0, res.output[-3000:]
+    assert (tmp_path / "maps" / "heatmaps.json").is_file()

@@ -39,7 +39,7 @@ def attack_command(
     from recapfast.data.folder import discover
     from recapfast.engine.export import export_adversarial
     from recapfast.attacks.iterative import IterativeConfig
-    from recapfast.validate import ArgumentError, check_step_size, output_dir
+    from recapfast.validate import ArgumentError, check_step_size, output_dir, output_outside
     from ._models import load_cli_model, parse_attack_eps, trust_config
 
     attacks, eps_values = parse_attack_eps(attack, eps, True, auto=False)
@@ -50,9 +50,8 @@ def attack_command(
     if tile and full_size:
         raise ArgumentError("--tile and --full-size exclude each other")
     step_size = check_step_size(step_size, True)
+    output_outside(out, "--out", data)
     output_dir(out, "--out", run.force, resume, resumable=True)
-    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
-        raise ArgumentError(f"--out {out}: is inside the input folder {data}")
     console = stderr_console(run.quiet)
     net = load_cli_model(detector, resolve_device(run.device), size)
     extra = trust_config(budget)

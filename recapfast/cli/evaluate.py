@@ -54,7 +54,7 @@ def eval_command(
     from recapfast.attacks.iterative import IterativeConfig
     from recapfast.io.lock import lock_outputs
     from recapfast.metrics import METRIC_LEVELS
-    from recapfast.validate import check_step_size, output_dir
+    from recapfast.validate import check_step_size, output_dir, output_outside
     from ._models import load_cli_model, parse_attack_eps, trust_config
 
     if metrics not in METRIC_LEVELS:
@@ -70,6 +70,7 @@ def eval_command(
 
         universal = load_uap(uap)
     if heatmap is not None:
+        output_outside(heatmap, "--heatmap", data)
         output_dir(heatmap, "--heatmap", run.force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md"), (html_out, "--html")):
         check_new_file(path, run.force, option)
