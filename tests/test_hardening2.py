@@ -421,3 +421,44 @@ def test_heatmap_beside_the_input_is_fine(setup, tmp_path):
     res = run("eval", data, "--model", model, "--heatmap", tmp_path / "maps", "--size", 16, "--device", "cpu", "-q")
     assert res.exit_code == 0, res.output[-3000:]
     assert (tmp_path / "maps" / "heatmaps.json").is_file()
+
+
+# ---------------------------------------------------------------- 13: outputs that collide
+
+@pytest.mark.parametrize("outputs,needle", [
+    (("--out", "r.jsonl", "--csv", "r.jsonl"), "--csv r.jsonl and --out r.jsonl"),
+    (("--out", "r.jsonl", "--csv", "r.summary.json"), "--csv r.summary.json and the summary file of --out r.jsonl"),
+    (("--out", "r.jsonl", "--html", "r.summary.json"), "--html r.summary.json"),
+    (("--out", "r.jsonl", "--csv", "r.tiles"), "--csv r.tiles and the tile-map folder of --out r.jsonl"),
+    (("--out", "r.jsonl", "--csv", "x.csv", "--html", "sub/../x.csv"), "--html sub/../x.csv and --csv x.csv"),
+    (("--out", "r.jsonl", "--html", "ABS/r.jsonl"), "and --out r.jsonl"),
+])
+def test_screen_output_collisions_refused_up_front(setup, tmp_path, monkeypatch, outputs, needle):
+    data, model = setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "r.jsonl").write_text("keep\n")
+    res = run("screen", data, "--model", model, "--resume",
+              *[str(tmp_path) + o[3:] if o.startswith("ABS/") else o for o in outputs], *COMMON)
+    one_line_error(res, needle)
+    assert (tmp_path / "r.jsonl").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "sub"]
+
+
+@pytest.mark.parametrize("outputs,needle", [
+    (("--json", "e.json", "--csv", "e.json"), "--csv e.json and --json e.json"),
+    (("--md", "e.md", "--html", "./e.md"), "--html e.md and --md e.md"),
+    (("--json", "maps/heatmaps.json", "--heatmap", "maps"), "the index of --heatmap maps"),
+])
+def test_eval_output_collisions_refused_up_front(setup, tmp_path, monkeypatch, outputs, needle):
+    data, model = setup
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "maps").mkdir()
+    one_line_error(run("eval", data, "--model", model, *outputs, *COMMON), needle)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["maps"]
+
+
+def test_transfer_output_collision(setup, tmp_path):
+    data, model = setup
+    one_line_error(run("transfer", data, "--source", model, "--target", model, "--json", tmp_path / "t",
+                       "--md", tmp_path / "t", "--size", 32, "-q"), "--md", "--json")

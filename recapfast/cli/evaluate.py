@@ -54,7 +54,7 @@ def eval_command(
     from recapfast.attacks.iterative import IterativeConfig
     from recapfast.io.lock import lock_outputs
     from recapfast.metrics import METRIC_LEVELS
-    from recapfast.validate import check_step_size, output_dir, output_outside
+    from recapfast.validate import check_step_size, distinct_outputs, output_dir, output_outside
     from ._models import load_cli_model, parse_attack_eps, trust_config
 
     if metrics not in METRIC_LEVELS:
@@ -69,6 +69,8 @@ def eval_command(
         from recapfast.attacks.universal import load_uap
 
         universal = load_uap(uap)
+    distinct_outputs(("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--html", html_out),
+                     ("--heatmap", heatmap, {"index": heatmap / "heatmaps.json"} if heatmap is not None else {}))
     if heatmap is not None:
         output_outside(heatmap, "--heatmap", data)
         output_dir(heatmap, "--heatmap", run.force)

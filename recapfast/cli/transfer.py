@@ -47,7 +47,7 @@ def transfer_command(
     from ._models import convention, parse_attack_eps, trust_config
 
     from recapfast.io.lock import lock_outputs
-    from recapfast.validate import check_step_size, parse_xi
+    from recapfast.validate import check_step_size, distinct_outputs, parse_xi
 
     attacks, eps_values = parse_attack_eps(attack, eps, True)
     xi_values = [] if xi is None else parse_xi(xi, "--xi", allow_empty=True)
@@ -55,6 +55,7 @@ def transfer_command(
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
+    distinct_outputs(("--json", json_out), ("--md", md_out))
     for path, option in ((json_out, "--json"), (md_out, "--md")):
         check_new_file(path, run.force, option)
     if cross and xi_values:
