@@ -462,3 +462,67 @@ def test_transfer_output_collision(setup, tmp_path):
     data, model = setup
     one_line_error(run("transfer", data, "--source", model, "--target", model, "--json", tmp_path / "t",
                        "--md", tmp_path / "t", "--size", 32, "-q"), "--md", "--json")
+
+
+# ---------------------------------------------------------------- 14: screen --resume checks the recorded settings
+
+@pytest.fixture
+def screened(setup, tmp_path):
+    data, model = setup
+    out = tmp_path / "r.jsonl"
+    res = run("screen", data, "--out", out, "--model", model, "--probe-eps", "1,2", "--batch-size", 2, *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    return out
+
+
+def test_screen_records_its_settings_in_the_first_record(setup, screened):
+    _, model = setup
+    records = [json.loads(line) for line in screened.read_text().splitlines()]
+    assert records[0]["settings"]["model"] == str(model)
+    assert records[0]["settings"]["probe_eps"] == [1.0, 2.0] and len(records[0]["settings"]["model_sha256"]) == 64
+    assert all("settings" not in r for r in records[1:])
+
+
+@pytest.mark.parametrize("change,needle", [(("--model", "OTHER"), "model"),
+                                           (("--probe-eps", "1,3"), "probe_eps"), (("--threshold", "0.7"), "threshold"),
+                                           (("--size", "16"), "size"), (("--probe-eps", "none"), "probe_eps")])
+def test_screen_resume_with_other_settings_is_refused(setup, screened, tmp_path, change, needle):
+    from screen_helpers import save_tiny_model
+
+    data, model = setup
+    before = screened.read_bytes()
+    (tmp_path / "other").mkdir()
+    other = {"OTHER": save_tiny_model(tmp_path / "other" / "o.safetensors", seed=5)}
+    option, value = change
+    value = other.get(value, value)
+    args = {"--model": model, "--probe-eps": "1,2", "--size": 32, "--threshold": 0.5}
+    args[option] = value
+    flat = [x for kv in args.items() for x in kv]
+    screened.write_bytes(b"\n".join(before.splitlines()[:2]) + b"\n")       # a run killed after two records
+    kept = screened.read_bytes()
+    one_line_error(run("screen", data, "--out", screened, "--resume", *flat, "--device", "cpu", "-q"), "--resume",
+                   needle)
+    assert screened.read_bytes() == kept
+
+
+def test_screen_resume_with_the_same_settings_continues(setup, screened):
+    data, model = setup
+    lines = screened.read_bytes().splitlines()
+    screened.write_bytes(b"\n".join(lines[:2]) + b"\n")
+    res = run("screen", data, "--out", screened, "--resume", "--model", model, "--probe-eps", "2,1", *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    assert len(screened.read_bytes().splitlines()) == len(lines)
+
+
+def test_screen_resume_with_retrained_weights_at_the_same_path_is_refused(setup, tmp_path):
+    from screen_helpers import save_tiny_model
+
+    data, _ = setup
+    model = save_tiny_model(tmp_path / "m.safetensors")
+    out = tmp_path / "r.jsonl"
+    assert run("screen", data, "--out", out, "--model", model, *COMMON).exit_code == 0
+    out.write_bytes(out.read_bytes().splitlines()[0] + b"\n")
+    save_tiny_model(tmp_path / "m.safetensors", seed=5)
+    line = one_line_error(run("screen", data, "--out", out, "--resume", "--model", model, *COMMON), "--resume",
+                          "the model's weights")
+    assert "model '" not in line

@@ -57,6 +57,14 @@ def load_cli_model(detector, device, size: Optional[int] = None):
     return net
 
 
+def model_label(detector) -> str:
+    """--model as recorded in results: the spec, with --weights and a non-default input convention."""
+    conv = convention(detector)
+    parts = [detector.model] + ([f"weights {detector.weights}"] if detector.weights else []) + \
+        ([conv.describe()] if not conv.is_pixels else [])
+    return "; ".join(parts)
+
+
 def parse_attack_names(text: str, allowed) -> list[str]:
     """--attack with 'auto' expanded (fgsm, apgd, square)."""
     from recapfast.engine.trust import expand_attacks

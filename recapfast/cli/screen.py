@@ -45,7 +45,7 @@ def screen_command(
     from recapfast.errors import raised_by_every_rank
     from recapfast.engine.screen import ScreenConfig, screen_folder
     from recapfast.reporting import screen_table
-    from ._models import load_cli_model
+    from ._models import load_cli_model, model_label
 
     from recapfast.validate import distinct_outputs, number, output_file, parse_probe_eps
 
@@ -69,7 +69,7 @@ def screen_command(
     net = load_cli_model(detector, dev, size)
     config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
                           max_pixels=max_pixels, batch_size=run.batch_size, workers=run.workers, resume_by=resume_by,
-                          tile_map_inline=tile_map_inline)
+                          tile_map_inline=tile_map_inline, model=model_label(detector))
     bar, advance = progress_bar(console, None, f"screen {detector.model}")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     try:
