@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from recapfast.cli import app
 
-from screen_helpers import save_tiny_model, write_labelled
+from screen_helpers import cli, save_tiny_model, write_labelled
 
 HUGE = "1180591620717411303424"      # 2**70: beyond int64
 
@@ -526,3 +526,40 @@ def test_screen_resume_with_retrained_weights_at_the_same_path_is_refused(setup,
     line = one_line_error(run("screen", data, "--out", out, "--resume", "--model", model, *COMMON), "--resume",
                           "the model's weights")
     assert "model '" not in line
+
+
+# ---------------------------------------------------------------- 4: a zero-byte or garbage .pt2
+
+@pytest.mark.parametrize("content", [b"", b"garbage" * 40, b"PK\x03\x04" + b"\x00" * 60])
+def test_bad_pt2_is_only_recapfasts_line(setup, tmp_path, content):
+    data, _ = setup
+    bad = tmp_path / "bad.pt2"
+    bad.write_bytes(content)
+    res = cli("eval", data, "--model", bad, *COMMON)
+    assert res.returncode == 1, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("recapfast: error: ") and str(bad) in lines[0], res.stderr
+    verbose = cli("eval", data, "--model", bad, "--verbose", *COMMON)
+    assert verbose.returncode == 1 and "Traceback" not in verbose.stderr.splitlines()[-1]
+    assert verbose.stderr.splitlines()[-1].startswith("recapfast: error: ")
+    if content == b"":
+        assert "torch said while loading" in verbose.stderr and "PytorchStreamReader" in verbose.stderr
+
+
+def test_captured_torch_output_restores_the_streams(capfd):
+    import logging
+    import sys
+
+    from recapfast.models.zoo import captured_torch_output
+
+    err, handlers = sys.stderr, logging.getLogger("torch").handlers[:]
+    said: list = []
+    with captured_torch_output(said):
+        logging.getLogger("torch.export").warning("noise from torch")
+        sys.stderr.write("python noise\n")
+        import os
+
+        os.write(2, b"c++ noise\n")
+    assert sys.stderr is err and logging.getLogger("torch").handlers == handlers
+    assert "noise from torch" in said[0] and "python noise" in said[0] and "c++ noise" in said[0]
+    assert "noise" not in capfd.readouterr().err

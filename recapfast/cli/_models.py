@@ -16,6 +16,8 @@ MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", help="Per-channel mean the external model subtracts (in its input units, after --input-range), "
                    "e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std the external model divides by.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Also show what torch printed while loading a .pt2 "
+                                           "--model (captured otherwise: a bad file is one line).")]
 ApgdStepsOpt = Annotated[int, typer.Option("--apgd-steps", min=1, help="APGD iterations per eps and restart.")]
 ApgdRestartsOpt = Annotated[int, typer.Option("--apgd-restarts", min=1, help="APGD random restarts.")]
 SquareQueriesOpt = Annotated[int, typer.Option("--square-queries", min=1,
@@ -51,7 +53,8 @@ def load_cli_model(detector, device, size: Optional[int] = None):
     from recapfast.models.pixels import check_logits
     from recapfast.models.zoo import load_detector
 
-    net = load_detector(detector.model, device, detector.weights, convention(detector))
+    net = load_detector(detector.model, device, detector.weights, convention(detector),
+                        verbose=getattr(detector, "verbose", False))
     if size is not None:
         check_logits(net, torch.full((2, 3, size, size), 128.0, device=device), f"--model {detector.model}")
     return net

@@ -9,7 +9,7 @@ import typer
 
 from ._app import (ExistingDir, SeedOpt, SizeOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
                    write_text_atomic)
-from ._models import ATTACK_HELP
+from ._models import ATTACK_HELP, VerboseOpt
 from ._options import BUDGET, CONVENTION, RUN, Options, grouped
 
 
@@ -29,6 +29,7 @@ def transfer_command(
                                                         "the cross-model matrix (no UAPs).")] = False,
     budget: Options = BUDGET.but(drop=("attack_seed",)),
     external: Options = CONVENTION,
+    verbose: VerboseOpt = False,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
@@ -68,7 +69,7 @@ def transfer_command(
     names = list(dict.fromkeys([source] + targets))
     with lock_outputs(json_out, md_out):
         # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
-        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv)
+        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv, verbose)
                   for name in names}
         if xi is None and not cross and hasattr(models[source], "units"):
             xi_values = [5.0]
