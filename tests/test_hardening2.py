@@ -563,3 +563,61 @@ def test_captured_torch_output_restores_the_streams(capfd):
     assert sys.stderr is err and logging.getLogger("torch").handlers == handlers
     assert "noise from torch" in said[0] and "python noise" in said[0] and "c++ noise" in said[0]
     assert "noise" not in capfd.readouterr().err
+
+
+# ---------------------------------------------------------------- 2: thousands of eps: linear cost
+
+def test_masking_comparisons_grow_linearly_with_the_eps():
+    from recapfast.engine.masking import EPS_WINDOW, masking_checks
+
+    def comparisons(n_eps: int) -> int:
+        eps = [1.0 + i for i in range(n_eps)]
+        accuracy = {("clean", 0.0): 0.9, **{("fgsm", e): 0.5 for e in eps}, **{("bim", e): 0.4 for e in eps}}
+        out = masking_checks(["fgsm", "bim"], eps, 100, accuracy, _AllZero(), None)
+        return out["multiplicity"]["comparisons"]
+
+    c50, c100, c200 = comparisons(50), comparisons(100), comparisons(200)
+    assert c200 - c100 == 2 * (c100 - c50)                                 # linear (quadratic: 6x)
+    assert c100 - c50 == 50 * (1 + 2 * (1 + EPS_WINDOW))                  # fgsm-bim per eps; clean + window each
+    assert comparisons(EPS_WINDOW + 1) == (EPS_WINDOW + 1) * (1 + 2) + 2 * (EPS_WINDOW + 1) * EPS_WINDOW // 2
+
+
+class _AllZero(dict):
+    """Discordant counts that are all zero: only the number of comparisons matters here."""
+
+    def __missing__(self, key):
+        return 0
+
+
+def test_a_thousand_eps_on_two_images_under_a_memory_cap(tmp_path):
+    """The old all-pairs counters and dict needed about 800 MB here (and 15 GB for 10000 eps); now under 400."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from screen_helpers import env, png_bytes
+
+    if not hasattr(resource, "RLIMIT_DATA"):
+        pytest.skip("no RLIMIT_DATA here")
+    data = tmp_path / "d"
+    rng = np.random.default_rng(0)
+    for label in ("original", "recaptured"):
+        (data / label).mkdir(parents=True)
+        (data / label / "a.png").write_bytes(png_bytes(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)))
+    cap = 600 << 20
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+    eps = ",".join(f"{1 + i * 0.25:g}" for i in range(1000))
+    out = tmp_path / "e.json"
+    res = subprocess.run([sys.executable, "-m", "recapfast", "eval", data, "--eps", eps, "--metrics", "none",
+                          "--device", "cpu", "-q", "--json", out], preexec_fn=limit, capture_output=True, text=True,
+                         env=env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert len(result["cells"]) == 2000 and result["masking"]["multiplicity"]["comparisons"] < 30_000
+    assert os.path.getsize(out) < 50 << 20

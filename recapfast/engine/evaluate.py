@@ -87,10 +87,13 @@ class EvalResult:
         return self.patches / self.seconds if self.seconds > 0 else float("nan")
 
     def cell(self, attack: str, eps: float) -> AttackCell:
-        for c in self.cells:
-            if c.attack == attack and c.eps == float(eps):
-                return c
-        raise KeyError(f"no result for attack {attack!r} at eps {eps}")
+        index = self.__dict__.get("_cell_index")     # not a field: asdict and the JSON never see it
+        if index is None or len(index) != len(self.cells):
+            index = self.__dict__["_cell_index"] = {(c.attack, c.eps): c for c in self.cells}
+        try:
+            return index[(attack, float(eps))]      # a dict: rendering 10000 eps is linear, not quadratic
+        except KeyError:
+            raise KeyError(f"no result for attack {attack!r} at eps {eps}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
