@@ -621,3 +621,63 @@ def test_a_thousand_eps_on_two_images_under_a_memory_cap(tmp_path):
     result = json.loads(out.read_text())
     assert len(result["cells"]) == 2000 and result["masking"]["multiplicity"]["comparisons"] < 30_000
     assert os.path.getsize(out) < 50 << 20
+
+
+# ---------------------------------------------------------------- 15: a 250-character file name
+
+@pytest.fixture
+def long_named(setup, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from screen_helpers import jpeg_bytes, png_bytes
+
+    data, _ = setup
+    root = tmp_path / "long"
+    shutil.copytree(data, root)
+    rng = np.random.default_rng(1)
+    long_png = "p" * 246 + ".png"                       # 250 characters
+    long_jpg = "j" * 246 + ".jpg"
+    (root / "original" / long_png).write_bytes(png_bytes(rng.integers(0, 256, (70, 70, 3), dtype=np.uint8)))
+    (root / "recaptured" / long_jpg).write_bytes(jpeg_bytes(rng.integers(0, 256, (70, 70, 3), dtype=np.uint8)))
+    return root, long_png, long_jpg
+
+
+def test_long_names_eval_tile_heatmap(setup, long_named, tmp_path):
+    _, model = setup
+    root, long_png, long_jpg = long_named
+    res = run("eval", root, "--model", model, "--tile", "--heatmap", tmp_path / "maps", *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    index = json.loads((tmp_path / "maps" / "heatmaps.json").read_text())
+    written = {r["path"].rsplit("/", 1)[1]: r["heatmap"] for r in index["images"]}
+    for name in (long_png, long_jpg):
+        heatmap = written[name]
+        assert heatmap is not None and len(heatmap.rsplit("/", 1)[1].encode()) <= 255
+        assert heatmap.endswith(".heatmap.png") and "~" in heatmap and (tmp_path / "maps" / heatmap).is_file()
+
+
+@pytest.mark.parametrize("mode", ["--tile", "--full-size", None])
+def test_long_names_attack(setup, long_named, tmp_path, mode):
+    _, model = setup
+    root, long_png, long_jpg = long_named
+    out = tmp_path / "adv"
+    res = run("attack", root, "--out", out, "--model", model, *([mode] if mode else []), *COMMON)
+    assert res.exit_code == 0, res.output[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest["errors"] and manifest["files"] == 6
+    outputs = {e["source"].rsplit("/", 1)[1]: e["outputs"] for e in manifest["written"]}
+    for name in (long_png, long_jpg):
+        assert outputs[name] and all((out / o).is_file() and len(o.rsplit("/", 1)[1].encode()) <= 255
+                                     for o in outputs[name])
+    assert len({o for names in outputs.values() for o in names}) == sum(len(v) for v in outputs.values())
+
+
+def test_fit_name():
+    from recapfast.io.atomic import fit_name
+
+    assert fit_name("x", ".png") == "x.png"
+    for suffix in ("_r000_c001.png", ".heatmap.png", ".png", ".jpg.png"):
+        a, b = fit_name("é" * 200 + "a", suffix), fit_name("é" * 200 + "b", suffix)
+        assert a != b and len(a.encode()) <= 255 and a.endswith(suffix)
+        a.encode("utf-8")                   # never a split character
