@@ -14,3 +14,12 @@ def every_rank(err: BaseException) -> BaseException:
 
 def raised_by_every_rank(err: BaseException) -> bool:
     return bool(getattr(err, "recapfast_every_rank", False))
+
+
+def one_line(err: BaseException) -> str:
+    """``Type: the first line of the message`` of a foreign exception (a SyntaxError with its file and line), for
+    a one-line error naming what failed."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if isinstance(err, SyntaxError) and err.filename:
+        text = f"{err.msg} ({err.filename}, line {err.lineno})"
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

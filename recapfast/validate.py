@@ -181,5 +181,30 @@ def output_dir(path: Path, option: str, force: bool = False, resume: bool = Fals
         raise ArgumentError(f"{option} {path}: exists and is not empty ({hint})")
 
 
-__all__ = ["ArgumentError", "check_eps", "check_step_size", "check_widths", "check_xi", "number", "output_dir",
-           "output_file", "parse_eps", "parse_numbers", "parse_probe_eps", "parse_xi"]
+def output_outside(path: Path | None, option: str, data: Path) -> None:
+    """An output folder of images must not lie in the input folder ``data`` (the next run would read them)."""
+    if path is None:
+        return
+    out, root = Path(path).resolve(), Path(data).resolve()
+    if out == root or root in out.parents:
+        raise ArgumentError(f"{option} {path}: is inside the input folder {data}")
+
+
+def distinct_outputs(*outputs: tuple) -> None:
+    """No two outputs of one run are the same path, however spelt (resolved), counting the files an output
+    implies: ``outputs`` are ``(option, path)`` or ``(option, path, {what: derived path})``; None paths are
+    skipped.  Checked up front, so ``--out r.jsonl --csv r.jsonl`` never replaces the records with CSV."""
+    seen: dict[Path, str] = {}
+    for option, path, *derived in outputs:
+        if path is None:
+            continue
+        for what, target in [("", path), *(derived[0].items() if derived else ())]:
+            name = f"{option} {path}" if not what else f"the {what} of {option} {path} ({target})"
+            key = Path(target).resolve()
+            if key in seen:
+                raise ArgumentError(f"{name} and {seen[key]} are the same file; give each output its own path")
+            seen[key] = name
+
+
+__all__ = ["ArgumentError", "check_eps", "check_step_size", "check_widths", "check_xi", "distinct_outputs", "number",
+           "output_dir", "output_file", "output_outside", "parse_eps", "parse_numbers", "parse_probe_eps", "parse_xi"]

@@ -44,7 +44,8 @@ def test_torchrun_screen_is_identical_to_a_single_process_run(tmp_path):
     model_path = save_tiny_model(tmp_path / "m.safetensors")
     model = rf.load_model(model_path)
     single = tmp_path / "single.jsonl"
-    ref = screen_folder(model, root, single, ScreenConfig(size=32, probe_eps=(1, 2, 3), threshold=0.6432))
+    ref = screen_folder(model, root, single, ScreenConfig(size=32, probe_eps=(1, 2, 3), threshold=0.6432,
+                                                          model=str(model_path)))     # the CLI records --model
     out = tmp_path / "dist.jsonl"
     res = torchrun("screen", root, "--out", out, "--model", model_path, "--size", 32, "--probe-eps", "1,2,3",
                    "--threshold", 0.6432, "--device", "cpu", "--quiet", cwd=tmp_path)

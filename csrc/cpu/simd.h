@@ -22,6 +22,17 @@
 
 #define RECAPFAST_ALWAYS_INLINE inline __attribute__((always_inline))
 
+// __builtin_shufflevector (clang; GCC >= 12). Nested #if: a compiler without __has_builtin (GCC < 10) must not
+// see "__has_builtin(...)" in an evaluated #if, where it is a syntax error, not 0.
+#if defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define RECAPFAST_HAS_SHUFFLEVECTOR 1
+#endif
+#endif
+#ifndef RECAPFAST_HAS_SHUFFLEVECTOR
+#define RECAPFAST_HAS_SHUFFLEVECTOR 0
+#endif
+
 namespace recapfast {
 
 typedef float v8f __attribute__((vector_size(32)));
@@ -39,7 +50,7 @@ RECAPFAST_ALWAYS_INLINE void store8(float* p, v8f v) { std::memcpy(p, &v, sizeof
 RECAPFAST_ALWAYS_INLINE v8f splat8(float s) {
   v8f v = {};
   v[0] = s;
-#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+#if RECAPFAST_HAS_SHUFFLEVECTOR
   return __builtin_shufflevector(v, v, 0, 0, 0, 0, 0, 0, 0, 0);
 #else
   return v8f{s, s, s, s, s, s, s, s};

@@ -114,7 +114,7 @@ def write_heatmaps(model: nn.Module, samples: Sequence, root, out_dir, size: int
                     rel = Path(s.path).resolve().relative_to(root.resolve())
                 except ValueError:
                     rel = Path(Path(s.path).name)
-                dest = out_dir / rel.with_name(rel.stem + ".heatmap.png")
+                dest = out_dir / rel.parent / atomic.fit_name(rel.stem, ".heatmap.png")   # heatmaps.json maps it
                 picture = heatmap_image(img, probs, size)
                 atomic.write_file(dest, writer=lambda fh: picture.save(fh, format="PNG"), root=out_dir, mkdir=True)
                 records.append(HeatmapRecord(s.path, str(dest), tuple(probs.shape), probs.tolist()))

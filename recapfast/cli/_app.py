@@ -145,7 +145,8 @@ def _root(
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Files per batch.")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader decode processes (0: in-process).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+SEED_MAX = 2 ** 63 - 1   # torch.Generator.manual_seed and numpy take it; one range for every seed option
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust) or a .safetensors path.")]
@@ -168,6 +169,10 @@ def resolve_device(name: str):
         raise typer.BadParameter(f"{name!r} is not a device ({err})", param_hint="--device") from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise typer.BadParameter("cuda requested but torch sees no GPU", param_hint="--device")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise typer.BadParameter(f"{name!r}: torch sees {torch.cuda.device_count()} GPU(s)", param_hint="--device")
+    if device.type not in ("cpu", "cuda"):
+        raise typer.BadParameter(f"{name!r}: recapfast runs on cpu, cuda, cuda:N or auto", param_hint="--device")
     return device
 
 

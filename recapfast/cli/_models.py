@@ -5,6 +5,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from ._app import SEED_MAX
+
 WeightsOpt = Annotated[Optional[str], typer.Option(
     "--weights", help="State dict (.safetensors) for a pkg.module:factory --model.")]
 InputRangeOpt = Annotated[str, typer.Option(
@@ -14,12 +16,16 @@ MeanOpt = Annotated[Optional[str], typer.Option(
     "--mean", help="Per-channel mean the external model subtracts (in its input units, after --input-range), "
                    "e.g. 0.485,0.456,0.406.")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="Per-channel std the external model divides by.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", help="Also show what torch printed while loading a .pt2 "
+                                           "--model (captured otherwise: a bad file is one line).")]
 ApgdStepsOpt = Annotated[int, typer.Option("--apgd-steps", min=1, help="APGD iterations per eps and restart.")]
 ApgdRestartsOpt = Annotated[int, typer.Option("--apgd-restarts", min=1, help="APGD random restarts.")]
 SquareQueriesOpt = Annotated[int, typer.Option("--square-queries", min=1,
                                                help="Square Attack query budget per patch, eps and restart.")]
 SquareRestartsOpt = Annotated[int, typer.Option("--square-restarts", min=1, help="Square Attack restarts.")]
-AttackSeedOpt = Annotated[int, typer.Option("--attack-seed", help="Seed of APGD's starts and Square's draws.")]
+AttackSeedOpt = Annotated[int, typer.Option("--attack-seed", min=0, max=SEED_MAX,
+                                            help="Seed of APGD's starts and Square's draws.")]
+PgdSeedOpt = Annotated[int, typer.Option("--pgd-seed", min=0, max=SEED_MAX, help="Seed of PGD's random start.")]
 
 ATTACK_HELP = ("fgsm, llcm (one shared gradient for all eps), bim, illc, pgd, mifgsm, apgd (iterative, run per eps), "
                "square (black-box, logits only), auto (= fgsm,apgd,square)")
@@ -38,11 +44,28 @@ def convention(opts):
     return conv
 
 
-def load_cli_model(detector, device):
-    """The --model (with --weights, --input-range, --mean, --std: recapfast.cli._options.DETECTOR) on ``device``."""
+def load_cli_model(detector, device, size: Optional[int] = None):
+    """The --model (with --weights, --input-range, --mean, --std: recapfast.cli._options.DETECTOR) on ``device``;
+    with ``size``, checked on two mid-grey patches of that size (runs on RGB, finite logits [B, 2]: one line
+    otherwise, before any work)."""
+    import torch
+
+    from recapfast.models.pixels import check_logits
     from recapfast.models.zoo import load_detector
 
-    return load_detector(detector.model, device, detector.weights, convention(detector))
+    net = load_detector(detector.model, device, detector.weights, convention(detector),
+                        verbose=getattr(detector, "verbose", False))
+    if size is not None:
+        check_logits(net, torch.full((2, 3, size, size), 128.0, device=device), f"--model {detector.model}")
+    return net
+
+
+def model_label(detector) -> str:
+    """--model as recorded in results: the spec, with --weights and a non-default input convention."""
+    conv = convention(detector)
+    parts = [detector.model] + ([f"weights {detector.weights}"] if detector.weights else []) + \
+        ([conv.describe()] if not conv.is_pixels else [])
+    return "; ".join(parts)
 
 
 def parse_attack_names(text: str, allowed) -> list[str]:
@@ -75,7 +98,7 @@ def trust_config(budget, seed: Optional[int] = None, jpeg: Optional[str] = None,
     from recapfast.engine.trust import TrustConfig
 
     try:
-        qualities = tuple(parse_qualities(jpeg)) if jpeg else ()
+        qualities = tuple(parse_qualities(jpeg)) if jpeg is not None else ()
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--jpeg") from err
     seed = budget.attack_seed if seed is None else seed

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ._app import BatchOpt, DeviceOpt, ForceOpt, QuietOpt, WorkersOpt
 from ._models import (AnyModelOpt, ApgdRestartsOpt, ApgdStepsOpt, AttackSeedOpt, InputRangeOpt, MeanOpt,
-                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, WeightsOpt)
+                      SquareQueriesOpt, SquareRestartsOpt, StdOpt, VerboseOpt, WeightsOpt)
 
 Options = SimpleNamespace   # what a command receives for a group parameter
 
@@ -69,4 +69,5 @@ BUDGET = Group(("apgd_steps", ApgdStepsOpt, 100), ("apgd_restarts", ApgdRestarts
 # What an external model takes (recapfast.cli._models.convention)
 CONVENTION = Group(("input_range", InputRangeOpt, "255"), ("mean", MeanOpt, None), ("std", StdOpt, None))
 # The detector: any model spec, its weights and input convention (recapfast.cli._models.load_cli_model)
-DETECTOR = Group(("model", AnyModelOpt, "baseline"), ("weights", WeightsOpt, None)) + CONVENTION
+DETECTOR = Group(("model", AnyModelOpt, "baseline"), ("weights", WeightsOpt, None)) + CONVENTION + \
+    Group(("verbose", VerboseOpt, False))

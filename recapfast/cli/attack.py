@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from ._app import ExistingDir, SizeOpt, TileOpt, app, progress_bar, resolve_device, stderr_console
+from ._models import PgdSeedOpt
 from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
@@ -23,7 +24,7 @@ def attack_command(
                                                  "iterations (default Kurakin's floor(min(eps+4, 1.25 eps))).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative attacks: step in grey "
                                                        "levels (default 1).")] = None,
-    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    pgd_seed: PgdSeedOpt = 0,
     full_size: Annotated[bool, typer.Option("--full-size", help="Write the whole adversarial image (every tile "
                                             "of the --size grid attacked in place), not a crop.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue OUT: skip the files its manifest.jsonl "
@@ -38,7 +39,7 @@ def attack_command(
     from recapfast.data.folder import discover
     from recapfast.engine.export import export_adversarial
     from recapfast.attacks.iterative import IterativeConfig
-    from recapfast.validate import ArgumentError, check_step_size, output_dir
+    from recapfast.validate import ArgumentError, check_step_size, output_dir, output_outside
     from ._models import load_cli_model, parse_attack_eps, trust_config
 
     attacks, eps_values = parse_attack_eps(attack, eps, True, auto=False)
@@ -49,11 +50,10 @@ def attack_command(
     if tile and full_size:
         raise ArgumentError("--tile and --full-size exclude each other")
     step_size = check_step_size(step_size, True)
+    output_outside(out, "--out", data)
     output_dir(out, "--out", run.force, resume, resumable=True)
-    if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
-        raise ArgumentError(f"--out {out}: is inside the input folder {data}")
     console = stderr_console(run.quiet)
-    net = load_cli_model(detector, resolve_device(run.device))
+    net = load_cli_model(detector, resolve_device(run.device), size)
     extra = trust_config(budget)
     total = sum(1 for _ in discover(data, labelled=any((data / c).is_dir() for c in ("original", "recaptured"))))
     bar, advance = progress_bar(console, total, f"{attacks[0]} eps {eps_values[0]:g}")

@@ -8,14 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import DeviceOpt, QuietOpt, app, progress_bar, resolve_device, stderr_console
+from ._app import SEED_MAX, DeviceOpt, QuietOpt, app, progress_bar, resolve_device, stderr_console
 
 
 @app.command("demo")
 def demo_command(
     folder: Annotated[Optional[Path], typer.Argument(help="Where to synthesize (default: a temporary folder).")] = None,
     count: Annotated[int, typer.Option("--count", min=1, help="Images per class.")] = 200,
-    seed: Annotated[int, typer.Option("--seed", help="Synthesis seed (the bundled models never saw it).")] = 2024,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Synthesis seed (the bundled models never saw it).")] = 2024,
     device: DeviceOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:

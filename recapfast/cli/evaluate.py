@@ -9,7 +9,7 @@ import typer
 
 from ._app import (ExistingDir, QuantizeOpt, SizeOpt, TileOpt, app, check_new_file, progress_bar, resolve_device,
                    stderr_console, write_text_atomic)
-from ._models import ATTACK_HELP
+from ._models import ATTACK_HELP, PgdSeedOpt
 from ._options import BUDGET, DETECTOR, RUN, Options, grouped
 
 
@@ -24,7 +24,7 @@ def eval_command(
                                                  "(default: Kurakin's floor(min(eps+4, 1.25 eps)) per eps).")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Step of the iterative attacks "
                                                        "in grey levels (default 1).")] = None,
-    pgd_seed: Annotated[int, typer.Option("--pgd-seed", help="Seed of PGD's random start.")] = 0,
+    pgd_seed: PgdSeedOpt = 0,
     budget: Options = BUDGET,
     jpeg: Annotated[Optional[str], typer.Option("--jpeg", help="Also evaluate every image after a JPEG round trip at "
                                                 "these qualities, e.g. 75,90 (Pillow).")] = None,
@@ -54,7 +54,7 @@ def eval_command(
     from recapfast.attacks.iterative import IterativeConfig
     from recapfast.io.lock import lock_outputs
     from recapfast.metrics import METRIC_LEVELS
-    from recapfast.validate import check_step_size, output_dir
+    from recapfast.validate import check_step_size, distinct_outputs, output_dir, output_outside
     from ._models import load_cli_model, parse_attack_eps, trust_config
 
     if metrics not in METRIC_LEVELS:
@@ -69,7 +69,10 @@ def eval_command(
         from recapfast.attacks.universal import load_uap
 
         universal = load_uap(uap)
+    distinct_outputs(("--json", json_out), ("--csv", csv_out), ("--md", md_out), ("--html", html_out),
+                     ("--heatmap", heatmap, {"index": heatmap / "heatmaps.json"} if heatmap is not None else {}))
     if heatmap is not None:
+        output_outside(heatmap, "--heatmap", data)
         output_dir(heatmap, "--heatmap", run.force)
     for path, option in ((json_out, "--json"), (csv_out, "--csv"), (md_out, "--md"), (html_out, "--html")):
         check_new_file(path, run.force, option)
@@ -79,7 +82,7 @@ def eval_command(
     quiet = run.quiet or not dist_info.is_main
     console = stderr_console(quiet)
     with lock_outputs(json_out, csv_out, md_out, html_out, heatmap):
-        net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info))
+        net = load_cli_model(detector, distributed.rank_device(resolve_device(run.device), dist_info), size)
         samples = discover(data)
         bar, advance = progress_bar(console, len(samples), f"eval {detector.model}")
         on_error = (lambda p, r: console.print(f"[yellow]skipped[/] {p}: {r}", markup=True, highlight=False))

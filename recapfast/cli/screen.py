@@ -45,15 +45,19 @@ def screen_command(
     from recapfast.errors import raised_by_every_rank
     from recapfast.engine.screen import ScreenConfig, screen_folder
     from recapfast.reporting import screen_table
-    from ._models import load_cli_model
+    from ._models import load_cli_model, model_label
 
-    from recapfast.validate import number, output_file, parse_probe_eps
+    from recapfast.validate import distinct_outputs, number, output_file, parse_probe_eps
 
     eps_values = parse_probe_eps(probe_eps) or []
     threshold = number(threshold, "--threshold", 0.0, 1.0)
     fragile_eps = number(fragile_eps, "--fragile-eps", 0.0, 255.0)
     if resume_by not in ("stat", "sha256"):
         raise typer.BadParameter(f"{resume_by!r}: choose stat or sha256", param_hint="--resume-by")
+    from recapfast.engine.screen.records import summary_path, tiles_dir
+
+    distinct_outputs(("--out", out, {"summary file": summary_path(out), "tile-map folder": tiles_dir(out)}),
+                     ("--csv", csv_out), ("--html", html_out))
     output_file(out, "--out", run.force, resume, resumable=True)
     output_file(csv_out, "--csv", run.force, resume)
     output_file(html_out, "--html", run.force, resume)
@@ -62,10 +66,10 @@ def screen_command(
     dev = distributed.rank_device(dev, info)
     quiet = run.quiet or not info.is_main
     console = stderr_console(quiet)
-    net = load_cli_model(detector, dev)
+    net = load_cli_model(detector, dev, size)
     config = ScreenConfig(size=size, probe_eps=tuple(eps_values), threshold=threshold, fragile_eps=fragile_eps,
                           max_pixels=max_pixels, batch_size=run.batch_size, workers=run.workers, resume_by=resume_by,
-                          tile_map_inline=tile_map_inline)
+                          tile_map_inline=tile_map_inline, model=model_label(detector))
     bar, advance = progress_bar(console, None, f"screen {detector.model}")
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     try:

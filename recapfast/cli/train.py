@@ -30,10 +30,12 @@ def train_command(
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
     size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
-    arch: Annotated[str, typer.Option("--arch", help="laplacian (Yang's LaplacianCNN), bayar (Bayar & Stamm's "
-                                                     "constrained CNN), meso4 (MesoNet-4).")] = "laplacian",
+    arch: Annotated[Optional[str], typer.Option("--arch", help="laplacian (Yang's LaplacianCNN, the default), bayar "
+                                                "(Bayar & Stamm's constrained CNN), meso4 (MesoNet-4); with --init: "
+                                                "the checkpoint's (another is refused).")] = None,
     widths: Annotated[Optional[str], typer.Option("--widths", help="Comma-separated widths (default: the arch's; "
-                                                                   "laplacian 8,16,32,64,128).")] = None,
+                                                                   "laplacian 8,16,32,64,128; with --init: the "
+                                                                   "checkpoint's, others are refused).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from OUT's resume state.")] = False,
     init: Annotated[Optional[str], typer.Option("--init", help="Start from this checkpoint's weights (bundled name "
                                                 "or .safetensors), e.g. --robust --init baseline.")] = None,
@@ -46,17 +48,23 @@ def train_command(
     """Train a detector (LaplacianCNN, or --arch); keeps the best checkpoint by validation (clean + FGSM eps 2)."""
     from recapfast.models.archs import ARCHS, build
     from recapfast.io.lock import lock_outputs
-    from recapfast.training.train import TrainConfig, train
+    from recapfast.training.train import TrainConfig, init_architecture, train
     from recapfast.validate import ArgumentError, check_widths, number, output_file
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
-    if arch not in ARCHS:
+    if arch is not None and arch not in ARCHS:
         raise ArgumentError(f"--arch {arch!r}: choose from {', '.join(ARCHS)}")
-    if init is not None and widths is not None:
-        raise ArgumentError("--init takes the checkpoint's widths; drop --widths")
+    init_widths: tuple = ()
+    if init is not None:        # fine-tuning keeps the checkpoint's architecture: --arch/--widths may only repeat it
+        init_arch, init_widths = init_architecture(init)
+        if arch is not None and arch != init_arch:
+            raise ArgumentError(f"--arch {arch}: --init {init} is a {init_arch} checkpoint (fine-tuning keeps its "
+                                f"architecture); drop --arch")
+        arch = init_arch
+    arch = arch or "laplacian"
     if widths is None:
-        width_values = tuple(ARCHS[arch][1])
+        width_values = tuple(init_widths if init is not None else ARCHS[arch][1])
     elif arch == "laplacian":
         width_values = check_widths(widths)
     else:
@@ -65,6 +73,9 @@ def train_command(
             build(arch, width_values)
         except ValueError as err:
             raise ArgumentError(f"--widths {widths!r}: {err}") from None
+    if init is not None and width_values != tuple(init_widths):
+        raise ArgumentError(f"--widths {widths}: --init {init} has widths {','.join(map(str, init_widths))} "
+                            f"(fine-tuning keeps them); drop --widths")
     for value, option, lo, lo_open in ((lr, "--lr", 0.0, True), (lr_decay, "--lr-decay", 0.0, True),
                                        (penalty, "--penalty", 0.0, False), (adv_weight, "--adv-weight", 0.0, False)):
         number(value, option, lo, lo_open=lo_open)

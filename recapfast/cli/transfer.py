@@ -9,7 +9,7 @@ import typer
 
 from ._app import (ExistingDir, SeedOpt, SizeOpt, app, check_new_file, progress_bar, resolve_device, stderr_console,
                    write_text_atomic)
-from ._models import ATTACK_HELP
+from ._models import ATTACK_HELP, VerboseOpt
 from ._options import BUDGET, CONVENTION, RUN, Options, grouped
 
 
@@ -29,6 +29,7 @@ def transfer_command(
                                                         "the cross-model matrix (no UAPs).")] = False,
     budget: Options = BUDGET.but(drop=("attack_seed",)),
     external: Options = CONVENTION,
+    verbose: VerboseOpt = False,
     steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Iterative attack steps.")] = None,
     step_size: Annotated[Optional[float], typer.Option("--step-size", help="Iterative step (grey levels, >= 0.5).")]
     = None,
@@ -47,7 +48,7 @@ def transfer_command(
     from ._models import convention, parse_attack_eps, trust_config
 
     from recapfast.io.lock import lock_outputs
-    from recapfast.validate import check_step_size, parse_xi
+    from recapfast.validate import check_step_size, distinct_outputs, parse_xi
 
     attacks, eps_values = parse_attack_eps(attack, eps, True)
     xi_values = [] if xi is None else parse_xi(xi, "--xi", allow_empty=True)
@@ -55,6 +56,7 @@ def transfer_command(
     targets = [t.strip() for t in target.split(",") if t.strip()]
     if not targets:
         raise typer.BadParameter("give one or more target models", param_hint="--target")
+    distinct_outputs(("--json", json_out), ("--md", md_out))
     for path, option in ((json_out, "--json"), (md_out, "--md")):
         check_new_file(path, run.force, option)
     if cross and xi_values:
@@ -67,7 +69,7 @@ def transfer_command(
     names = list(dict.fromkeys([source] + targets))
     with lock_outputs(json_out, md_out):
         # The input convention flags apply to the external models (.pt2, pkg.module:factory) only.
-        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv)
+        models = {name: load_detector(name, dev, None, None if kind_of(name) == "checkpoint" else conv, verbose)
                   for name in names}
         if xi is None and not cross and hasattr(models[source], "units"):
             xi_values = [5.0]

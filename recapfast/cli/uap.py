@@ -39,8 +39,9 @@ def uap_command(
     output_file(out, "--out", force)
     output_file(out.with_suffix(".json"), "--out", force)
     console = stderr_console(quiet)
+    dev = resolve_device(device)
     with lock_outputs(out):
-        net = load_model(model, resolve_device(device))
+        net = load_model(model, dev)
         if data is None:
             n = iterations or 100
             bar, advance = progress_bar(console, n, f"data-free UAP xi {xi:g}")

@@ -12,6 +12,7 @@ Conventions (ARCHITECTURE.md):
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,16 @@ def iter_images(root: str | os.PathLike) -> Iterator[str]:
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             yield from iter_images(entry.path)
-        elif is_image_name(entry.name) and not entry.is_dir():
-            yield entry.path
+        elif is_image_name(entry.name) and not _links_to_dir(entry):
+            yield entry.path        # a symlink loop too: decoding it is that file's error record, never an abort
+
+
+def _links_to_dir(entry: os.DirEntry) -> bool:
+    """Whether ``entry`` (a symlink or file) leads to a folder; False when following it fails (a loop)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def discover(root: str | os.PathLike, class_names: Sequence[str] = CLASS_NAMES,
@@ -106,7 +115,12 @@ def _open_regular(path: str):
     """A binary file object for ``path``; FIFOs, devices and folders are refused, never waited on."""
     import stat
 
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise DecodeError("symbolic link loop", "symlink_loop") from err
+        raise
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise DecodeError("not a regular file (device, FIFO, socket or folder)", "not_a_regular_file")

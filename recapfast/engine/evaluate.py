@@ -78,16 +78,22 @@ class EvalResult:
     worst_case: dict | None = None
     jpeg: list | None = None
     attack_settings: dict = field(default_factory=dict)
+    # Patches whose clean logits held NaN or Inf (after the first batch, which must be finite): left out of every
+    # count above, so they never become accuracies.
+    nonfinite: int = 0
 
     @property
     def images_per_second(self) -> float:
         return self.patches / self.seconds if self.seconds > 0 else float("nan")
 
     def cell(self, attack: str, eps: float) -> AttackCell:
-        for c in self.cells:
-            if c.attack == attack and c.eps == float(eps):
-                return c
-        raise KeyError(f"no result for attack {attack!r} at eps {eps}")
+        index = self.__dict__.get("_cell_index")     # not a field: asdict and the JSON never see it
+        if index is None or len(index) != len(self.cells):
+            index = self.__dict__["_cell_index"] = {(c.attack, c.eps): c for c in self.cells}
+        try:
+            return index[(attack, float(eps))]      # a dict: rendering 10000 eps is linear, not quadratic
+        except KeyError:
+            raise KeyError(f"no result for attack {attack!r} at eps {eps}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,11 +123,12 @@ class Evaluator:
     # rank's own patches, so the sum over the ranks is the whole data set's.  A tensor attribute not named
     # here makes that reduction refuse to run (nothing non-additive is ever summed by accident).
     SUMMED = ("per_class", "clean_correct", "adv_correct", "flipped", "linf_sum", "l2_sum", "psnr_sum", "psnr_count",
-              "ssim_sum", "uap_correct", "uap_fooled", "uap_dist", "uap_changed")
+              "ssim_sum", "uap_correct", "uap_fooled", "uap_dist", "uap_changed", "nonfinite")
 
     def __init__(self, model: nn.Module, eps: Sequence[float] = (1, 2, 3, 4, 5),
                  attacks: Sequence[str] = ATTACKS, quantize: bool = True, num_classes: int = 2,
-                 iterative: IterativeConfig | None = None, uap=None, metrics: str = "full", trust=None):
+                 iterative: IterativeConfig | None = None, uap=None, metrics: str = "full", trust=None,
+                 model_name: str = ""):
         from recapfast.engine.trust import EXTRA_ATTACKS, TrustAccumulator, TrustConfig
 
         if metrics not in METRIC_LEVELS:
@@ -154,7 +161,10 @@ class Evaluator:
         self.uap_fooled = z(1)
         self.uap_dist = z(4, dtype=torch.float64)      # sums of L-inf, L2, PSNR (changed patches), SSIM
         self.uap_changed = z(1)
+        self.nonfinite = z(1)          # patches with NaN/Inf clean logits, left out of every count
         self.patch_size = 0
+        self.model_name = model_name
+        self._checked = False          # the first batch checks the model's output (shape, finite)
         # apgd/square, detection metrics, masking checks, JPEG survival (recapfast.engine.trust); not a tensor (and
         # not in SUMMED), so distributed.reduce_evaluator leaves it to its own reduce().
         if trust is None and any(a in EXTRA_ATTACKS for a in self.attacks):
@@ -171,8 +181,20 @@ class Evaluator:
         single = [a for a in self.attacks if a in ATTACKS]
         iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
         keep = self.trust is not None      # the trust checks (JPEG, extra logits) read the adversarial images
+        if not self._checked:
+            from recapfast.models.pixels import check_logits
+
+            check_logits(self.model, x, f"--model {self.model_name}" if self.model_name else "the model",
+                         self.per_class.numel())
+            self._checked = True
         res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
                     return_images=keep)
+        finite = torch.isfinite(res.clean_logits).all(1)
+        if not bool(finite.all()):      # one boolean read per batch; a rerun only for a batch with NaN/Inf logits
+            self.nonfinite += (~finite).sum()
+            if bool(finite.any()):
+                self.update(x[finite], y[finite])
+            return
         if iterative:
             more = sweep_iterative(self.model, x, y, self.eps, iterative, self.quantize, self.iterative,
                                    clean_logits=res.clean_logits, metrics=self.metrics, return_images=keep)
@@ -269,7 +291,7 @@ class Evaluator:
             clean_accuracy=ratio(clean_total, total),
             clean_accuracy_per_class=[ratio(c, n) for c, n in zip(clean, per_class)],
             cells=cells, errors=list(errors), notes=list(notes), seconds=seconds, quantized=self.quantize,
-            iterative=iterative, uap=uap, metrics=self.metrics)
+            iterative=iterative, uap=uap, metrics=self.metrics, nonfinite=int(self.nonfinite.item()))
         if self.trust is not None:
             self.trust.finish(result)
         return result
@@ -312,7 +334,7 @@ def evaluate_folder(
     device = next(model.parameters()).device
     loader = make_loader(dataset, batch_size, workers, pin_memory=device.type == "cuda")
     evaluator = Evaluator(model, eps, attacks, quantize, num_classes=len(class_names), iterative=iterative, uap=uap,
-                          metrics=metrics, trust=trust)
+                          metrics=metrics, trust=trust, model_name=model_name)
     evaluator.patch_size = size
     errors, notes, files = [], [], 0
     start = time.perf_counter()

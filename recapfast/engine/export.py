@@ -56,12 +56,12 @@ class ExportResult:
 
 
 def output_name(rel: str, tile_rc: tuple[int, int] | None) -> str:
-    """PNG name for a source file: x.png stays x.png; x.jpg becomes x.jpg.png (no collisions)."""
-    base = rel if rel.lower().endswith(".png") else rel + ".png"
-    if tile_rc is None:
-        return base
-    stem = base[:-4]
-    return f"{stem}_r{tile_rc[0]:03d}_c{tile_rc[1]:03d}.png"
+    """PNG name for a source file: x.png stays x.png; x.jpg becomes x.jpg.png (no collisions).  A name over 255
+    bytes is shortened with a hash (``atomic.fit_name``); the manifest maps every source to its outputs."""
+    folder, name = os.path.split(rel)
+    stem = name[:-4] if name.lower().endswith(".png") else name
+    suffix = ".png" if tile_rc is None else f"_r{tile_rc[0]:03d}_c{tile_rc[1]:03d}.png"
+    return os.path.join(folder, atomic.fit_name(stem, suffix))
 
 
 def _png(array: np.ndarray) -> bytes:

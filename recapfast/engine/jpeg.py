@@ -16,11 +16,13 @@ import torch
 
 
 def parse_qualities(text: str) -> list[int]:
-    """'75,90' -> [75, 90]; each quality an integer in 1..95 (Pillow's useful range)."""
+    """'75,90' -> [75, 90]; each quality an integer in 1..95 (Pillow's useful range), at least one, no empty item
+    (``,`` or ``''`` is refused like ``--eps ''``: the JPEG rows never vanish silently)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if any(not p for p in parts):
+        raise ValueError(f"{text!r}: give one or more comma-separated JPEG qualities 1..95, e.g. 75,90")
     out = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part:
-            continue
+    for part in parts:
         try:
             q = int(part)
         except ValueError:

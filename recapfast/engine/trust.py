@@ -16,7 +16,9 @@ counters and per-patch scores; nothing is read back until :meth:`TrustAccumulato
   from one extra batched forward of the adversarial images for the attacks whose sweep does not
   return logits.
 - Masking checks (``recapfast.engine.masking``): paired counts of patches correct under one cell and wrong
-  under another, for every pair of cells; the clean-patch input gradient is checked for zeros and
+  under another, for the pairs the checks compare (each cell against clean, the attacks at one eps, each eps
+  against the next ``EPS_WINDOW`` larger of one attack: linear in the eps); the clean-patch input gradient is
+  checked for zeros and
   non-finite values (one extra forward and backward per batch).
 - JPEG survival (``recapfast.engine.jpeg``): every adversarial image (and the clean patch) after a JPEG
   round trip at each quality, forwarded again.
@@ -34,7 +36,8 @@ from recapfast.attacks.single_step import SweepResult, _forward_chunks, eval_mod
 from recapfast.metrics import one_hot
 from recapfast.engine.detection import ScoreStore, recaptured_log_odds, summary
 from recapfast.engine.cascade import CASCADE, STAGES, cascade_extra
-from recapfast.engine.masking import BLACK_BOX, TARGETED, MaskingThresholds, degenerate_check, masking_checks
+from recapfast.engine.masking import (BLACK_BOX, EPS_WINDOW, TARGETED, MaskingThresholds, degenerate_check,
+                                      masking_checks)
 from recapfast.attacks.square import SquareConfig, square_attack, square_rows
 
 EXTRA_ATTACKS = ("apgd", "square")
@@ -124,7 +127,11 @@ class TrustAccumulator:
         self.keys = [("clean", 0.0)] + [(a, e) for a in self.attacks for e in self.eps]
         k, e, c, q = len(self.keys), len(self.eps), num_classes, len(self.config.jpeg)
         z = lambda *shape: torch.zeros(shape, dtype=torch.long, device=device)  # noqa: E731
-        self.discordant = z(k, k)          # [i, j]: correct under cell i and wrong under cell j
+        # Paired counts of the cell pairs the masking checks compare (recapfast.engine.masking), linear in the eps:
+        self.vs_clean = z(k, 2)            # [i]: (correct clean, wrong under cell i), (wrong clean, correct under i)
+        self.same_eps = z(len(self.attacks), len(self.attacks), e)   # [a, b, j]: correct under (a, j), wrong (b, j)
+        self.eps_order = sorted(range(e), key=lambda i: self.eps[i])
+        self.eps_steps = z(len(self.attacks), e, EPS_WINDOW, 2)     # [a, i, d-1]: sorted eps i against i + d
         self.worst_correct = z(e, c)       # correct clean and under every attack at eps, per class
         self.worst_steps = z(max(e - 1, 0), 2)   # consecutive eps (ascending): [i, 0] correct only at the smaller
         self.stages = z(e, len(STAGES))    # auto cascade: which attack fooled each (patch, eps) first
@@ -160,8 +167,7 @@ class TrustAccumulator:
         preds = torch.stack([res.clean_predictions] + [res.predictions[a][j] for a in self.attacks
                                                        for j in range(len(self.eps))])          # [K, B]
         ok = preds == y.unsqueeze(0)
-        okf = ok.to(torch.float32)
-        self.discordant += torch.round(okf @ (1.0 - okf).T).to(torch.long)
+        self._update_discordant(ok)
         onehot_y = one_hot(y, self.num_classes)
         c = self.num_classes
         self.confusion += torch.zeros((len(self.keys), c * c), dtype=torch.long, device=y.device).scatter_add_(
@@ -186,6 +192,39 @@ class TrustAccumulator:
             self.scores.add(y, recaptured_log_odds(self._all_logits(res, logits)))
         for qi, quality in enumerate(self.config.jpeg):
             self._update_jpeg(qi, quality, x, y, res, ok, onehot_y)
+
+    def _update_discordant(self, ok: torch.Tensor) -> None:
+        """The paired counts of ``ok`` [K, B] (clean, then each attack's eps): against clean, between attacks at
+        one eps, and between one attack's eps and the next EPS_WINDOW larger ones."""
+        self.vs_clean += torch.stack([(ok[:1] & ~ok).sum(1), (~ok[:1] & ok).sum(1)], 1)
+        if not self.attacks:
+            return
+        adv = ok[1:].reshape(len(self.attacks), len(self.eps), -1).to(torch.float32)
+        self.same_eps += torch.round(torch.einsum("aeb,ceb->ace", adv, 1.0 - adv)).to(torch.long)
+        ordered = adv[:, self.eps_order]
+        for d in range(1, min(EPS_WINDOW, len(self.eps) - 1) + 1):
+            small, large = ordered[:, :-d], ordered[:, d:]
+            self.eps_steps[:, :-d, d - 1] += torch.stack([(small * (1.0 - large)).sum(-1),
+                                                           ((1.0 - small) * large).sum(-1)], -1).round().long()
+
+    def discordant(self) -> dict:
+        """{(cell A, cell B): patches correct under A and wrong under B} for the pairs counted (one read-back)."""
+        clean = ("clean", 0.0)
+        cells = [clean] + [(a, e) for a in self.attacks for e in self.eps]
+        out = {}
+        for cell, (fooled, saved) in zip(cells, self.vs_clean.cpu().tolist()):
+            out[(clean, cell)], out[(cell, clean)] = fooled, saved
+        same = self.same_eps.cpu().tolist()
+        steps = self.eps_steps.cpu().tolist()
+        for i, a in enumerate(self.attacks):
+            for j, b in enumerate(self.attacks):
+                out.update({((a, e), (b, e)): n for e, n in zip(self.eps, same[i][j])})
+            for pos, counts in enumerate(steps[i]):
+                small = (a, self.eps[self.eps_order[pos]])
+                for d, (only_small, only_large) in enumerate(counts[:len(self.eps) - 1 - pos], start=1):
+                    large = (a, self.eps[self.eps_order[pos + d]])
+                    out[(small, large)], out[(large, small)] = only_small, only_large
+        return out
 
     def _all_logits(self, res: SweepResult, known: dict) -> torch.Tensor:
         """Logits [K, B, C] of every cell: clean, then each attack's eps (extra forwards where not known)."""
@@ -217,7 +256,7 @@ class TrustAccumulator:
 
         if not distributed.current().enabled:
             return
-        distributed.all_reduce_sum_([self.discordant, self.worst_correct, self.black_box_only, self.gradient_counts,
+        distributed.all_reduce_sum_([self.vs_clean, self.same_eps, self.eps_steps, self.worst_correct, self.black_box_only, self.gradient_counts,
                                      self.confusion, self.jpeg_correct, self.jpeg_survived, self.flipped,
                                      self.worst_steps, self.stages, self.inherited])
         import numpy as np
@@ -231,9 +270,7 @@ class TrustAccumulator:
         """Fill ``result.detection``, ``.masking``, ``.worst_case``, ``.jpeg``, ``.attack_settings`` (one read-back)."""
         ratio = lambda a, b: a / b if b else float("nan")  # noqa: E731
         patches = result.patches
-        names = [("clean" if a == "clean" else a, e) for a, e in self.keys]
-        d = self.discordant.cpu().tolist()
-        discordant = {(names[i], names[j]): d[i][j] for i in range(len(names)) for j in range(len(names))}
+        discordant = self.discordant()
         accuracy = {("clean", 0.0): result.clean_accuracy}
         accuracy.update({(c.attack, c.eps): c.accuracy for c in result.cells})
         grads = dict(zip(("checked", "zero", "nonfinite"), self.gradient_counts.cpu().tolist()))

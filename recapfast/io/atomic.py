@@ -192,6 +192,30 @@ def write_file(path, data: bytes | None = None, *, writer: Callable[[BinaryIO], 
     return path
 
 
+NAME_MAX = 255      # bytes in one file name component (Linux, macOS, Windows filesystems)
+
+
+def fit_name(stem: str, suffix: str, limit: int = NAME_MAX) -> str:
+    """``stem + suffix`` as one file name; when that is over ``limit`` bytes (an output named after a 250-character
+    input file), the stem is cut and ``~`` plus 16 hex digits of the sha256 of the whole name keep it unique
+    (the caller records which input each output came from)."""
+    import hashlib
+
+    name = stem + suffix
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    tag = "~" + hashlib.sha256(raw).hexdigest()[:16]
+    room = max(0, limit - len(os.fsencode(tag + suffix)))
+    cut = os.fsencode(stem)[:room]
+    try:
+        stem.encode("utf-8")
+        short = cut.decode("utf-8", "ignore")     # a character cut in half is dropped, never half kept
+    except UnicodeEncodeError:                   # a non-UTF-8 name stays bytes (surrogate escapes)
+        short = os.fsdecode(cut)
+    return short + tag + suffix
+
+
 def write_text(path, text: str, **kw) -> Path:
     return write_file(path, text.encode("utf-8"), **kw)
 
@@ -324,5 +348,5 @@ class AppendFile:
         self.close()
 
 
-__all__ = ["DISK_ERRNOS", "AppendFile", "DiskError", "OutputError", "disk_error", "disk_errors", "open_dir",
+__all__ = ["DISK_ERRNOS", "NAME_MAX", "fit_name", "AppendFile", "DiskError", "OutputError", "disk_error", "disk_errors", "open_dir",
            "publish_dir", "remove", "text_writer", "write_file", "write_json", "write_text"]

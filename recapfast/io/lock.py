@@ -32,16 +32,22 @@ _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def lock_path(out) -> Path:
+    """``.NAME.lock`` in the output's real folder: every spelling of one output (``.``, ``..``, relative, absolute,
+    through a linked folder) takes the same lock.  The output itself is not resolved (it may be a link, which
+    the output checks refuse)."""
     out = Path(out)
-    name = out.name or out.resolve().name
-    return out.with_name(f".{name}.lock")         # hidden: a work folder does not fill up with lock files
+    if out.name in ("", ".", ".."):
+        out = out.resolve()
+    name = out.name or "root"
+    return out.parent.resolve() / f".{name}.lock"     # hidden: a work folder does not fill up with lock files
 
 
 class OutputLock:
     """Exclusive, non-blocking locks on the lock files of ``outputs``; a context manager."""
 
     def __init__(self, outputs: Iterable):
-        self.outputs = sorted({Path(p) for p in outputs if p is not None}, key=str)
+        unique = {lock_path(p): Path(p) for p in outputs if p is not None}    # one lock per output, however spelt
+        self.outputs = [unique[key] for key in sorted(unique, key=str)]
         self.fds: list[int] = []
         self.held = False               # the job holds the outputs (under torchrun: rank 0's flock)
 

@@ -16,9 +16,12 @@ users in that frame:
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 import torch
 from torch import nn
+
+from recapfast.errors import UserError, one_line
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class InputConvention:
         if self.mean is not None:
             if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
                 raise ValueError("mean and std take 1 or 3 values (one per RGB channel)")
+            if not all(math.isfinite(v) for v in (*self.mean, *self.std)):
+                raise ValueError(f"mean and std must be finite numbers, got {list(self.mean)} and {list(self.std)}")
             if any(s <= 0 for s in self.std):
                 raise ValueError(f"std values must be > 0, got {list(self.std)}")
 
@@ -55,9 +60,12 @@ def parse_floats_list(text: str | None, option: str) -> tuple | None:
     if text is None or not text.strip():
         return None
     try:
-        return tuple(float(v) for v in text.split(",") if v.strip())
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise ValueError(f"{option} {text!r}: give comma-separated numbers") from None
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{option} {text!r}: every value must be a finite number")
+    return values
 
 
 class InputAdapter(nn.Module):
@@ -85,17 +93,48 @@ class InputAdapter(nn.Module):
 
 
 def two_class_logits(out: torch.Tensor) -> torch.Tensor:
-    """Logits [B, C>=2] as they are; one output z per image becomes [0, z]; anything else is an error."""
-    if isinstance(out, (tuple, list)):
+    """Logits [B, 2] as they are; one output z per image becomes [0, z]; anything else is an error."""
+    if isinstance(out, (tuple, list)) and out:
         out = out[0]
+    if not torch.is_tensor(out):
+        raise ValueError(f"the detector returned {type(out).__name__}, not a tensor; recapfast needs logits [B, 2] "
+                         "(class 0 original, 1 recaptured) or one logit [B, 1] for 'recaptured'")
     if out.dim() == 1:
         out = out.unsqueeze(1)
-    if out.dim() != 2:
+    if out.dim() != 2 or out.shape[1] not in (1, 2):
         raise ValueError(f"the detector returned shape {tuple(out.shape)}; recapfast needs logits [B, 2] "
                          "(class 0 original, 1 recaptured) or one logit [B, 1] for 'recaptured'")
     if out.shape[1] == 1:
         return torch.cat([torch.zeros_like(out), out], dim=1)
     return out
+
+
+class ModelOutputError(UserError):
+    """A detector that cannot run on recapfast's input or returns unusable logits (checked on the first batch)."""
+
+
+def check_logits(model: nn.Module, x: torch.Tensor, what: str, classes: int = 2) -> None:
+    """One forward of ``x`` (a first batch, pixel units): the model must run on [B, 3, H, W] and return finite
+    logits [B, ``classes``]; otherwise one :class:`ModelOutputError` naming ``what``."""
+    shape = "x".join(str(d) for d in x.shape)
+    training = model.training
+    try:
+        model.eval()                     # never touches BatchNorm statistics
+        with torch.no_grad():
+            out = model(x.to(torch.float32))
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the user's model failing on our input is the user's error
+        raise ModelOutputError(f"{what}: fails on a {shape} batch of RGB pixel-unit patches ({one_line(err)})") \
+            from err
+    finally:
+        model.train(training)
+    if not torch.is_tensor(out) or tuple(out.shape) != (x.shape[0], classes):
+        got = tuple(out.shape) if torch.is_tensor(out) else type(out).__name__
+        raise ModelOutputError(f"{what}: returned {got} for a {shape} batch; recapfast needs logits "
+                               f"[B, {classes}] (or one logit [B, 1] for 'recaptured')")
+    if not bool(torch.isfinite(out).all()):
+        raise ModelOutputError(f"{what}: returned non-finite logits (NaN or Inf) on the first batch ({shape})")
 
 
 def check_pixel_range(x: torch.Tensor, input_range: float | None = None, what: str = "x") -> None:
@@ -137,5 +176,5 @@ def _rescale(out):
     return out
 
 
-__all__ = ["InputConvention", "InputAdapter", "two_class_logits", "check_pixel_range", "pixel_api",
-           "parse_floats_list"]
+__all__ = ["InputConvention", "InputAdapter", "two_class_logits", "check_logits", "ModelOutputError",
+           "check_pixel_range", "pixel_api", "parse_floats_list"]

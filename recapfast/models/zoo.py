@@ -24,6 +24,7 @@ that size (zero-padded), and one exported for a fixed patch size needs that ``--
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import re
@@ -33,6 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from recapfast.errors import one_line
 from recapfast.models.checkpoint import BUNDLED, WEIGHTS_DIR, config_path, load_model, read_config
 from recapfast.io.checkpoint_check import MAX_WIDTH, CheckpointError, check_finite, check_tensors_match, read_header
 from recapfast.models.pixels import InputAdapter, InputConvention, two_class_logits
@@ -101,14 +103,69 @@ def _static_shape(program) -> tuple[int | None, tuple | None]:
     return None, None
 
 
-def load_exported(path: str | os.PathLike) -> ExportedDetector:
+@contextlib.contextmanager
+def captured_torch_output(sink: list):
+    """Everything torch says while the block runs - its loggers (torch.export logs a whole traceback on a bad
+    archive), Python warnings, ``sys.stderr`` and file descriptor 2 (C++ messages) - goes into ``sink`` (one
+    string) instead of the terminal: the user sees recapfast's one line, and the text with ``--verbose``."""
+    import io
+    import logging
+    import tempfile
+    import warnings
+
+    text = io.StringIO()
+    capture = logging.StreamHandler(text)
+    loggers = [lg for name, lg in list(logging.root.manager.loggerDict.items())
+               if name.split(".")[0] == "torch" and isinstance(lg, logging.Logger) and lg.handlers]
+    saved = [(lg, lg.handlers[:]) for lg in loggers]
+    for lg in loggers:
+        lg.handlers = [capture if isinstance(h, logging.StreamHandler) else h for h in lg.handlers]
+    old_stderr = sys.stderr
+    for stream in {id(s): s for s in (old_stderr, sys.__stderr__) if s is not None}.values():
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    with tempfile.TemporaryFile() as fd_sink:
+        saved_fd = os.dup(2)
+        os.dup2(fd_sink.fileno(), 2)
+        sys.stderr = text
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                yield
+        finally:
+            for stream in (sys.__stderr__,):
+                try:
+                    stream.flush()
+                except (OSError, ValueError, AttributeError):
+                    pass
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            sys.stderr = old_stderr
+            for lg, handlers in saved:
+                lg.handlers = handlers
+            fd_sink.seek(0)
+            said = fd_sink.read().decode("utf-8", "replace") + text.getvalue()
+            said += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+            sink.append(said)
+
+
+def load_exported(path: str | os.PathLike, verbose: bool = False) -> ExportedDetector:
+    """A .pt2 program; torch's own messages while loading are captured (:func:`captured_torch_output`) and shown
+    on stderr only with ``verbose``."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such program")
+    said: list = []
     try:
-        program = torch.export.load(str(path))
+        with captured_torch_output(said):
+            program = torch.export.load(str(path))
     except Exception as err:  # noqa: BLE001 - any failure of a foreign file is the user's file's problem
-        raise CheckpointError(f"{path}: not a torch.export program ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"{path}: not a torch.export program ({one_line(err)})") from err
+    finally:
+        if verbose and said and said[0].strip():
+            sys.stderr.write(f"recapfast: torch said while loading {path}:\n{said[0].rstrip()}\n")
     batch, spatial = _static_shape(program)
     return ExportedDetector(program.module(), batch, spatial, str(path))
 
@@ -128,10 +185,12 @@ def load_factory(spec: str, weights: str | os.PathLike | None) -> nn.Module:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as err:
         raise CheckpointError(f"--model {spec}: cannot import it ({err})") from err
+    except (Exception, SystemExit) as err:  # noqa: BLE001 - the module's own code failed (syntax, a raise at import)
+        raise CheckpointError(f"--model {spec}: importing {module_name} failed ({one_line(err)})") from err
     try:
         model = factory()
     except Exception as err:  # noqa: BLE001 - the user's factory failing is the user's error, reported in one line
-        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({type(err).__name__}: {err})") from err
+        raise CheckpointError(f"--model {spec}: calling {attr}() failed ({one_line(err)})") from err
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--model {spec}: the factory returned {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:
@@ -191,8 +250,10 @@ def load_recapfast(spec: str, device="cpu") -> nn.Module:
     return model.to(device).eval()
 
 
-def load_detector(spec: str, device="cpu", weights=None, convention: InputConvention | None = None) -> nn.Module:
-    """Any ``--model`` spec as an eval-mode module on ``device`` taking pixel units (see the module docstring)."""
+def load_detector(spec: str, device="cpu", weights=None, convention: InputConvention | None = None,
+                  verbose: bool = False) -> nn.Module:
+    """Any ``--model`` spec as an eval-mode module on ``device`` taking pixel units (see the module docstring);
+    ``verbose``: show what torch printed while loading a .pt2 (captured otherwise)."""
     spec = str(spec)
     convention = convention or InputConvention()
     try:
@@ -207,7 +268,7 @@ def load_detector(spec: str, device="cpu", weights=None, convention: InputConven
             raise CheckpointError(f"--model {spec}: recapfast checkpoints take pixel units; --input-range/--mean/--std "
                                   "are for .pt2 and pkg.module:factory models")
         return load_recapfast(spec, device)
-    model = load_exported(spec) if kind == "export" else load_factory(spec, weights)
+    model = load_exported(spec, verbose) if kind == "export" else load_factory(spec, weights)
     return InputAdapter(model, convention).to(device).eval()
 
 

@@ -28,8 +28,13 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def clean_line(result) -> str:
     per_class = ", ".join(f"{name} {pct(a)} (n={n})" for name, a, n in
                           zip(result.class_names, result.clean_accuracy_per_class, result.patches_per_class))
-    return (f"Clean accuracy: {pct(result.clean_accuracy)} on {result.patches} patches "
+    line = (f"Clean accuracy: {pct(result.clean_accuracy)} on {result.patches} patches "
             f"({result.patch_size}x{result.patch_size}) from {result.files} files [{per_class}]")
+    nonfinite = getattr(result, "nonfinite", 0)
+    if nonfinite:
+        line += (f"\n\nWARNING: {nonfinite} patch(es) got NaN or Inf logits from the model; they are left out of "
+                 "every count (no accuracy, success rate or score includes them)")
+    return line
 
 
 def method_labels(result) -> dict:
@@ -119,10 +124,21 @@ CSV_FIELDS = ["model", "attack", "eps", "accuracy", "success_rate", "correct", "
               "mean_psnr", "mean_ssim", "auc", "eer"]
 
 
+class _EmptyForUndefined:
+    """Rows with NaN/Inf (JSON null, markdown n/a) and None as empty cells, never the text ``nan``."""
+
+    def __init__(self, writer):
+        self.writer = writer
+
+    def writerow(self, row: dict) -> None:
+        self.writer.writerow({k: "" if v is None else v for k, v in _jsonable(row).items()})
+
+
 def result_csv(result) -> str:
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
-    writer.writeheader()
+    table = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n", restval="")
+    table.writeheader()
+    writer = _EmptyForUndefined(table)
     detection = getattr(result, "detection", None) or {}
     det = {(c["attack"], c["eps"]): c for c in [detection["clean"], *detection["cells"]]} if detection else {}
     roc = lambda key: {"auc": det[key]["auc"], "eer": det[key]["eer"]} if key in det else {}  # noqa: E731

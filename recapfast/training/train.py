@@ -108,7 +108,7 @@ class StepBatches:
     def indices(self, step: int) -> list[int]:
         epoch, pos = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+            self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2 ** 64))
             self._epoch = epoch
         chunk = self._perm[pos * self.batch_size:(pos + 1) * self.batch_size]
         if chunk.numel() < min(self.batch_size, self.n):  # n < batch size: wrap around
@@ -141,7 +141,7 @@ def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: i
     resumable and a torchrun rank holding images r, r + world, ... gets exactly their eps.
     """
     k_global = min(config.adv_count, global_batch)
-    gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2 ** 64)
     eps = config.eps_min + (config.eps_max - config.eps_min) * torch.rand(k_global, generator=gen)
     return eps[rank::world]
 
@@ -359,6 +359,15 @@ def train(
     return TrainResult(out, step, best, history, time.perf_counter() - t0)
 
 
+def init_architecture(init: str) -> tuple[str, tuple]:
+    """(arch as ``--arch`` names it, widths) of the checkpoint ``init`` (a bundled name or a .safetensors path)."""
+    from recapfast.models.archs import CONFIG_NAMES
+    from recapfast.models.zoo import load_recapfast
+
+    spec = load_recapfast(init, "cpu").config()
+    return CONFIG_NAMES[spec["arch"]], tuple(spec["widths"])
+
+
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
     """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
     fine-tune; ``config`` takes its arch and widths."""
@@ -374,6 +383,8 @@ def _initial_model(config: TrainConfig) -> torch.nn.Module:
     # (the arch's defaults mean "unset", as the CLI passes them when --init is given).
     if tuple(config.widths) != widths and tuple(config.widths) != tuple(ARCHS[config.arch][1]):
         raise DataError(f"--init {config.init}: widths {widths} differ from --widths {tuple(config.widths)}")
+    if config.arch not in (arch, "laplacian"):       # laplacian: the default, "unset"
+        raise DataError(f"--init {config.init}: a {arch} checkpoint, not --arch {config.arch}")
     config.arch, config.widths = arch, widths
     return model.train()
 

@@ -25,6 +25,7 @@ class ScreenConfig:
     tile_map_inline: int = 256        # tile maps with more tiles go to a side file
     workers: int = 0
     resume_by: str = "stat"           # "stat": (path, size, mtime); "sha256": file content
+    model: str = ""                   # what --model named (and its input convention): recorded, checked on resume
 
     def validate(self) -> None:
         checks = [

@@ -23,8 +23,9 @@ from recapfast import distributed as dist_helpers
 from recapfast.engine.screen.config import ScreenConfig
 from recapfast.engine.screen.files import SCREEN_EXTENSIONS, FileItem, FileStream, iter_items
 from recapfast.engine.screen.probe import screen_batch
-from recapfast.engine.screen.records import (RecordWriter, make_record, refuse_links, repair_and_index, summarize,
-                                             summary_path, tiles_dir, write_csv)
+from recapfast.engine.screen.records import (RecordWriter, check_resume_settings, make_record, model_fingerprint,
+                                             refuse_links, repair_and_index, run_settings, summarize, summary_path,
+                                             tiles_dir, write_csv)
 from recapfast.io import atomic
 from recapfast.io.atomic import OutputError
 from recapfast.io.lock import lock_outputs
@@ -103,7 +104,13 @@ def _screen_locked(model, root, out: Path, config: ScreenConfig, resume, force, 
     own = prepare_outputs(out, resume, force, info)
     dist_helpers.barrier()
     done, previous, cut = (set(), 0, 0)
+    settings = run_settings(config, model_fingerprint(model))
     if resume:
+        # the settings are in the first record of the output (under torchrun: of rank 0's part, which merges first)
+        resumed = out if info.enabled and out.exists() and not own.exists() else \
+            dist_helpers.part_path(out, 0, info.world) if info.enabled else own
+        if not check_resume_settings(resumed, settings):
+            log(f"recapfast: resume: {resumed.name} records no settings (an older recapfast wrote it); not checked")
         if info.enabled and out.exists() and not own.exists():
             # A distributed job that finished: its merged output is complete.
             done, previous, cut = repair_and_index(out, config.resume_by)
@@ -116,6 +123,8 @@ def _screen_locked(model, root, out: Path, config: ScreenConfig, resume, force, 
     processed = skipped = tiles = 0
     start = time.perf_counter()
     if own is not None:
+        # the first record carries the settings (under torchrun rank 0's: the merged output's first line)
+        first = [info.rank == 0 and (not own.exists() or own.stat().st_size == 0)]
         writer = RecordWriter(own)
         stream = FileStream(root, config, done, info, paths)
         last_index = -1
@@ -133,6 +142,9 @@ def _screen_locked(model, root, out: Path, config: ScreenConfig, resume, force, 
                 records.append(make_record(item, result, config, out))
                 if item.patches is not None:
                     tiles += int(item.patches.shape[0])
+            if first[0] and records:
+                records[0]["settings"] = settings
+                first[0] = False
             writer.write_batch(records)
             for rec in records:                  # named on stderr as they are written, as eval names skipped files
                 if rec.get("error") is not None:

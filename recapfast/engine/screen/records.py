@@ -185,6 +185,52 @@ def iter_records(path: Path) -> Iterator[dict]:
             yield json.loads(raw)
 
 
+def model_fingerprint(model) -> str:
+    """sha256 of the model's state (names, dtypes, shapes, values): the same --model path with other weights
+    is another model."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        if t.numel():
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_settings(config: ScreenConfig, fingerprint: str) -> dict:
+    """What makes two runs' records comparable: recorded in an output's first record, checked by --resume."""
+    return {"model": config.model, "model_sha256": fingerprint, "size": config.size,
+            "probe_eps": list(config.probe_eps), "attacks": list(config.attacks), "threshold": config.threshold,
+            "fragile_eps": config.fragile_eps, "max_pixels": config.max_pixels, "record_version": RECORD_VERSION}
+
+
+def check_resume_settings(path: Path, settings: dict) -> bool:
+    """Refuse to resume ``path`` when its first record holds other settings; False when it holds none (an output
+    of an older recapfast: not checked)."""
+    if not path.exists():
+        return True
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    try:
+        saved = json.loads(first).get("settings") if first.endswith(b"\n") else None
+    except (ValueError, AttributeError):
+        saved = None
+    if not isinstance(saved, dict):
+        return not first
+    differ = [k for k in settings if saved.get(k) != settings[k]]
+    if differ:
+        shown = ", ".join(f"{k} {saved.get(k)!r} now {settings[k]!r}" for k in differ if k != "model_sha256")
+        if "model_sha256" in differ:
+            shown = ", ".join(x for x in (shown, "the model's weights") if x)
+        raise OutputError(f"--resume: {path} was written with other settings ({shown}); use the same ones, or "
+                          f"--force to start over")
+    return True
+
+
 def summarize(path: Path, processed: int, skipped: int, seconds: float, tiles: int, config: ScreenConfig,
               world: int = 1) -> dict:
     """Counts over the whole output file (streamed), plus this run's throughput."""
