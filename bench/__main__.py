@@ -170,11 +170,20 @@ def run_suite(mode: str = "default", only=None, threads=None, model_path: str | 
         from . import auto
 
         models = {name: rf.load_model(name) for name in ("baseline", "robust")}
-        w["auto"] = auto.run(models, p["auto_sizes"], p["auto_counts"], p["auto_reps"], threads=main_threads)
+        partial = Path(out_dir or common.RESULTS) / f"auto-{meta['slug']}.partial.json"
+        done: list = []
+
+        def saved(rows):                      # the rows finished so far, for a run cut short
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            write_text(partial, json.dumps({"meta": meta, "rows": done + rows}, indent=1) + "\n")
+        w["auto"] = auto.run(models, p["auto_sizes"], p["auto_counts"], p["auto_reps"], threads=main_threads,
+                             saved=saved)
+        done = list(w["auto"]["rows"])
         for extra in threads[1:]:             # the other thread counts: the baseline at 64 px, no ART
             more = auto.run({"baseline": models["baseline"]}, (64,), p["auto_counts"], p["auto_reps"], threads=extra,
-                            art_sizes=())
+                            art_sizes=(), saved=saved)
             w["auto"]["rows"] += more["rows"]
+        partial.unlink(missing_ok=True)
     if "kernels" in only and not ext_error and p["kernel_sizes"]:
         w["kernels"] = kernels_workload(p["kernel_sizes"], p["kernel_reps"], main_threads)
     meta["seconds_total"] = round(time.perf_counter() - t0, 1)

@@ -121,8 +121,10 @@ def _available(module: str) -> str | None:
     return None
 
 
-def run(models: dict, sizes, counts: dict, reps: int, threads: int = 1, art_sizes=(64,)) -> dict:
-    """``models``: {name: model}; ``counts[size]``: patches per class; returns the workload's results."""
+def run(models: dict, sizes, counts: dict, reps: int, threads: int = 1, art_sizes=(64,), saved=None) -> dict:
+    """``models``: {name: model}; ``counts[size]``: patches per class; returns the workload's results.
+
+    ``saved(rows)``: called with the rows so far after each finished row (a long run cut short keeps them)."""
     missing = {"torchattacks": _available("torchattacks"), "art": _available("art"),
                "adv-lib": _available("adv_lib.attacks")}
     for name, why in missing.items():
@@ -169,6 +171,8 @@ def run(models: dict, sizes, counts: dict, reps: int, threads: int = 1, art_size
                 f"APGD {row.get('apgd_over_torchattacks_apgd')}x torchattacks' APGD, "
                 f"ART {row.get('auto_over_art')}x")
             rows.append(row)
+            if saved is not None:
+                saved(rows)
     return {"eps": list(EPS), "apgd_steps": STEPS, "square_queries": QUERIES, "threads": threads,
             "missing": {k: v for k, v in missing.items() if v}, "rows": rows}
 
