@@ -681,3 +681,11 @@ def test_fit_name():
         a, b = fit_name("é" * 200 + "a", suffix), fit_name("é" * 200 + "b", suffix)
         assert a != b and len(a.encode()) <= 255 and a.endswith(suffix)
         a.encode("utf-8")                   # never a split character
+
+
+# ---------------------------------------------------------------- found by the CLI fuzz: sizes beyond any use
+
+@pytest.mark.parametrize("option", ["--batch-size", "--size", "--workers"])
+def test_huge_size_options_are_one_line(setup, option):
+    data, model = setup
+    one_line_error(run("eval", data, "--model", model, "--device", "cpu", "-q", option, HUGE), option)

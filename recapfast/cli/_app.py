@@ -143,14 +143,16 @@ def _root(
 
 # Option aliases shared by the commands.
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:N or auto (cuda when available).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Files per batch.")]
-WorkersOpt = Annotated[int, typer.Option("--workers", min=0, help="DataLoader decode processes (0: in-process).")]
+# Upper bounds of the size options: a value past them is a typo (and 2**70 would overflow deep inside), one line.
+MAX_BATCH, MAX_WORKERS, MAX_SIZE = 1 << 16, 256, 1 << 13
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, max=MAX_BATCH, help="Files per batch.")]
+WorkersOpt = Annotated[int, typer.Option("--workers", min=0, max=MAX_WORKERS, help="DataLoader decode processes (0: in-process).")]
 SEED_MAX = 2 ** 63 - 1   # torch.Generator.manual_seed and numpy take it; one range for every seed option
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
 ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust) or a .safetensors path.")]
-SizeOpt = Annotated[int, typer.Option("--size", min=1, help="Patch size in pixels (center crop, or tiles with --tile).")]
+SizeOpt = Annotated[int, typer.Option("--size", min=1, max=MAX_SIZE, help="Patch size in pixels (center crop, or tiles with --tile).")]
 TileOpt = Annotated[bool, typer.Option("--tile", help="Use every non-overlapping patch instead of the center crop.")]
 QuantizeOpt = Annotated[bool, typer.Option("--quantize/--no-quantize", help="Round adversarial images to uint8 (default).")]
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, dir_okay=True, readable=True,

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import DeviceOpt, ForceOpt, QuietOpt, SeedOpt, app, resolve_device, stderr_console
+from ._app import MAX_BATCH, MAX_WORKERS, DeviceOpt, ForceOpt, QuietOpt, SeedOpt, app, resolve_device, stderr_console
 
 # --protocol presets; any option given explicitly overrides its preset value.
 PROTOCOLS = {
@@ -35,7 +35,7 @@ def reproduce_command(
     lr_step: Annotated[Optional[int], typer.Option("--lr-step", min=1, help="Decay the lr x0.9 every N "
                                                    "iterations (default iters/10).")] = None,
     penalty: Annotated[float, typer.Option("--penalty", help="lambda: weight of ||grad_x J||_2 (robust).")] = 10.0,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Mini-batch size.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=MAX_BATCH, help="Mini-batch size.")] = 64,
     val_every: Annotated[Optional[int], typer.Option("--val-every", min=1, help="Validate and checkpoint every N "
                                                      "iterations (default iters/10).")] = None,
     data: Annotated[Optional[Path], typer.Option("--data", exists=True, file_okay=False,
@@ -47,7 +47,7 @@ def reproduce_command(
     generator: Annotated[str, typer.Option("--generator", help="Synthesis generator: v3 or v2.")] = "v3",
     models: Annotated[Optional[str], typer.Option("--models", help="BASELINE,ROBUST checkpoints (bundled names or "
                                                   ".safetensors) to evaluate instead of training per size; none: train.")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Synthesis processes (default min(2, cores)).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=MAX_WORKERS, help="Synthesis processes (default min(2, cores)).")] = None,
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
     force: ForceOpt = False,

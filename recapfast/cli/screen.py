@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import app, progress_bar, resolve_device, stderr_console
+from ._app import MAX_SIZE, app, progress_bar, resolve_device, stderr_console
 from ._options import DETECTOR, RUN, Options, grouped
 
 
@@ -20,7 +20,7 @@ def screen_command(
     html_out: Annotated[Optional[Path], typer.Option("--html", help="Also write one self-contained HTML report "
                                                      "(thumbnails, tile heatmaps, sortable rows; no network).")] = None,
     detector: Options = DETECTOR,
-    size: Annotated[int, typer.Option("--size", min=8, help="Tile size in pixels (the model's patch size).")] = 64,
+    size: Annotated[int, typer.Option("--size", min=8, max=MAX_SIZE, help="Tile size in pixels (the model's patch size).")] = 64,
     probe_eps: Annotated[str, typer.Option("--probe-eps", help="Eps (grey levels) probed with FGSM and LLCM to "
                                            "find the smallest that flips the decision (each >= 0.5, <= 255); "
                                            "'none' to skip (then flip_eps and fragile are null).")] = "1,2,3,4,5",

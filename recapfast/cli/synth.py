@@ -7,13 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import QuietOpt, SeedOpt, app, progress_bar, stderr_console
+from ._app import MAX_SIZE, MAX_WORKERS, QuietOpt, SeedOpt, app, progress_bar, stderr_console
 
 
 @app.command("synth")
 def synth_command(
     out: Annotated[Path, typer.Argument(help="Output folder (created; must not hold images already).")],
-    size: Annotated[int, typer.Option("--size", min=8, help="Image size in pixels.")] = 64,
+    size: Annotated[int, typer.Option("--size", min=8, max=MAX_SIZE, help="Image size in pixels.")] = 64,
     count: Annotated[int, typer.Option("--count", min=1, help="Images PER CLASS (over all splits with --scenes).")] = 1000,
     seed: SeedOpt = 0,
     jpeg_prob: Annotated[float, typer.Option("--jpeg-prob", min=0.0, max=1.0,
@@ -28,7 +28,7 @@ def synth_command(
                                               "procedural scenes (with --scenes).")] = 0.5,
     direct: Annotated[float, typer.Option("--direct", min=0.0, max=1.0, help="Share of photo-scene ORIGINALS "
                                           "that are the photo itself (a crop), not a simulated capture.")] = 0.6,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Generator processes.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=MAX_WORKERS, help="Generator processes.")] = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesize originals (one camera capture) and recaptures (display + second capture) of random scenes."""

