@@ -40,9 +40,14 @@ def test_render_is_deterministic_by_seed(generator, recaptured):
 # index in 0..2, concatenated in that order; computed with the generators as they were before they were split into
 # synth_scene/synth_optics (both classes, with and without the JPEG stage).  A data set is a pure function of its
 # seed: any change to these images must be a deliberate new GENERATOR_VERSION.
+# v2's float32 pipeline renders differently on the two CPU families this project's machines have (the hash
+# below first, pinned on the Intel Xeon machines; the second measured on an AMD EPYC, numpy 2.4.6 at SIMD level
+# X86_V3, where the code of 2026-11-29 gives it too, with Pillow 11.3-13.0 and numpy 2.3.5 alike); any change to
+# the generator gives neither.  v3 renders the same on both.
 PINNED_PIXELS = {
-    "v2": "46da9d48cd166df6bacb5392fc759b9a106e8097652ac7183d7255954a149fd2",
-    "v3": "f352208019857591958894e5a1b73b5174b7c9790559977226b0beb90aef973f",
+    "v2": ("46da9d48cd166df6bacb5392fc759b9a106e8097652ac7183d7255954a149fd2",
+           "612f8fa37c6967ad0047d9e0aa376ee58274db2f5e0be200184ae86cc5322fc3"),
+    "v3": ("f352208019857591958894e5a1b73b5174b7c9790559977226b0beb90aef973f",),
 }
 
 
@@ -55,7 +60,7 @@ def test_fixed_seed_images_are_unchanged(generator):
                 img, _ = generator.render_indexed(size, label, index, seed=9)
                 digest.update(img.tobytes())
     version = "v2" if generator is synth else "v3"
-    assert digest.hexdigest() == PINNED_PIXELS[version], f"{generator.GENERATOR_VERSION} renders other images"
+    assert digest.hexdigest() in PINNED_PIXELS[version], f"{generator.GENERATOR_VERSION} renders other images"
 
 
 @pytest.mark.parametrize("size", [64, 80, 37])
