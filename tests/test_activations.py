@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import recapfast as rf
 from recapfast import ops
@@ -18,18 +17,9 @@ from recapfast.io.checkpoint_check import CheckpointError
 from recapfast.models import fastpath
 from recapfast.models.laplacian import ACTIVATIONS
 
+from conftest import Autograd
+
 SMOOTH = ["softplus", "gelu"]
-
-
-class Autograd(nn.Module):
-    """The same function as a model recapfast does not fold: every gradient through autograd."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)
 
 
 def smooth_model(activation: str) -> rf.LaplacianCNN:

@@ -56,6 +56,8 @@ CONFIGS = {
     "plain": dict(),
     "robust-exact": dict(robust=True, penalty=0.1, adv_count=4),
     "robust-fd": dict(robust=True, penalty=0.1, adv_count=4, penalty_mode="fd"),
+    "fast-at": dict(defense="fast-at", val_attack_steps=2),
+    "trades": dict(defense="trades", trades_steps=2, val_attack_steps=2),
 }
 
 
