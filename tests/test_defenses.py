@@ -87,6 +87,27 @@ def test_fast_at_batch_is_random_start_fgsm(wrap, op_backend):
     assert (out != fgsm).float().mean() > 0.2
 
 
+def test_each_rank_attacks_exactly_its_share_of_the_global_batch():
+    """Under torchrun rank r holds images r, r + world, ...: its eps, noise and adversarial images are those of the
+    single-process run's same images (the attacks are per image, in eval mode)."""
+    model = make_model(seed=2, widths=TINY).train()
+    x, y = _batch(n=8)
+    for defense in ("fast-at", "trades"):
+        cfg = TrainConfig(defense=defense, seed=5, trades_steps=2)
+        normal = defense == "trades"
+
+        def images(xs, ys, rank, world):
+            eps = adversarial_eps(cfg, 3, 8, rank, world, count=8)
+            noise = image_noise(cfg, 3, (3, 16, 16), xs.shape[0], rank, world, normal=normal)
+            if defense == "fast-at":
+                return fast_at_batch(model, xs, ys, eps, noise)
+            return trades_adversarial(model, xs, eps, noise, 2, 0.5)
+
+        full = images(x, y, 0, 1)
+        for r in range(2):
+            assert torch.equal(images(x[r::2], y[r::2], r, 2), full[r::2]), (defense, r)
+
+
 def test_fast_at_loss_is_ce_on_those_images():
     plain = make_model(seed=1, widths=TINY).train()
     x, y = _batch()
