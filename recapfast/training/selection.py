@@ -6,8 +6,10 @@
   seed 0, on the uint8 grid: ``recapfast.attacks.apgd`` through the Evaluator, the code of ``eval --attack
   fgsm,apgd``).  A patch counts as robust when it is correct clean and under both attacks.  A strong multi-step
   attack is what catches catastrophic overfitting and gradient masking, where FGSM accuracy rises while the model
-  is no more robust (Wong, Rice & Kolter 2020 stop early on PGD accuracy); the mean with clean accuracy keeps a
-  model that answers one class everywhere (robust on half the patches, useless) from winning.
+  is no more robust (Wong, Rice & Kolter 2020 stop early on PGD accuracy); the mean with clean accuracy weighs what
+  robustness costs.  A model that answers one class for every clean patch, or ranks no better than chance (clean
+  ROC AUC within 0.05 of 0.5: ``eval``'s degenerate-model check), "survives" every attack on the patches of that
+  class and would score 0.5: such a checkpoint scores ``mean - 1``, below every checkpoint that is not degenerate.
 - ``val_attack="fgsm"``: the mean of clean and FGSM accuracy at ``val_eps``, the criterion before ``--defense``
   (the bundled robust model and the paper reproduction were selected by it).
 
@@ -34,7 +36,8 @@ def criterion(config) -> dict:
     if not _strong(config):
         return {"rule": f"highest mean of clean and FGSM eps {eps} validation accuracy"}
     return {"rule": f"highest mean of clean and worst-case (correct clean, under FGSM and under APGD-CE) validation "
-                    f"accuracy at eps {eps}", "attack": {"name": "apgd", "loss": "ce", "steps": config.val_attack_steps, "restarts": 1,
+                    f"accuracy at eps {eps}; a degenerate model (one class, or clean AUC within 0.05 of 0.5) "
+                    f"ranks below every other", "attack": {"name": "apgd", "loss": "ce", "steps": config.val_attack_steps, "restarts": 1,
                        "seed": APGD_SEED, "rho": 0.75, "eps": config.val_eps, "grid": "uint8"}}
 
 
@@ -43,7 +46,7 @@ def validate(model, loader, config) -> dict:
     on the validation loader, plus the selection ``score``."""
     eps = float(config.val_eps)
     if _strong(config):
-        trust = TrustConfig(apgd=APGDConfig(steps=config.val_attack_steps, seed=APGD_SEED), detection=False,
+        trust = TrustConfig(apgd=APGDConfig(steps=config.val_attack_steps, seed=APGD_SEED), detection=True,
                             gradients=False)
         evaluator = Evaluator(model, [eps], ["fgsm", "apgd"], metrics="none", trust=trust)
     else:
@@ -56,6 +59,7 @@ def validate(model, loader, config) -> dict:
     if _strong(config):
         metrics[f"apgd_eps{eps:g}_accuracy"] = res.cells[1].accuracy
         metrics[f"worst_eps{eps:g}_accuracy"] = res.worst_case["cells"][0]["accuracy"]
+        metrics["degenerate"] = res.masking.get("degenerate", {}).get("status") == "flagged"
     metrics["score"] = score(metrics, config)
     return metrics
 
@@ -65,8 +69,10 @@ def score(metrics: dict, config) -> float:
     eps = f"{config.val_eps:g}"
     if not config.robust:
         return metrics["clean_accuracy"]
-    robust = metrics[f"worst_eps{eps}_accuracy"] if _strong(config) else metrics[f"fgsm_eps{eps}_accuracy"]
-    return 0.5 * (metrics["clean_accuracy"] + robust)
+    if not _strong(config):
+        return 0.5 * (metrics["clean_accuracy"] + metrics[f"fgsm_eps{eps}_accuracy"])
+    mean = 0.5 * (metrics["clean_accuracy"] + metrics[f"worst_eps{eps}_accuracy"])
+    return mean - 1.0 if metrics.get("degenerate") else mean
 
 
 def log_line(metrics: dict, config) -> str:
@@ -75,7 +81,8 @@ def log_line(metrics: dict, config) -> str:
     text = f"val clean {100 * metrics['clean_accuracy']:.1f}%  fgsm@{eps} {100 * metrics[f'fgsm_eps{eps}_accuracy']:.1f}%"
     if _strong(config):
         text += (f"  apgd{config.val_attack_steps}@{eps} {100 * metrics[f'apgd_eps{eps}_accuracy']:.1f}%  "
-                 f"worst@{eps} {100 * metrics[f'worst_eps{eps}_accuracy']:.1f}%")
+                 f"worst@{eps} {100 * metrics[f'worst_eps{eps}_accuracy']:.1f}%"
+                 + ("  DEGENERATE" if metrics.get("degenerate") else ""))
     return text + (f"  score {100 * metrics['score']:.1f}" if config.robust else "")
 
 
