@@ -48,7 +48,8 @@ def train_command(
     val_attack: Annotated[Optional[str], typer.Option(
         "--val-attack", help="A defence keeps the checkpoint of the best mean of clean and worst-case accuracy at "
                              "eps 2 under FGSM + apgd (APGD-CE; default), or under fgsm alone (the rule the "
-                             "bundled robust model was selected by). The baseline keeps the best clean accuracy.")] = None,
+                             "bundled robust model was selected by). The baseline keeps the best clean "
+                             "accuracy.")] = None,
     val_attack_steps: Annotated[Optional[int], typer.Option(
         "--val-attack-steps", help="APGD iterations of that check, >= 1 (default 10).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", exists=True, file_okay=False,

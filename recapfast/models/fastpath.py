@@ -100,7 +100,8 @@ class FoldedLaplacianCNN:
         return F.relu(h).mean(dim=(2, 3))
 
     def _smooth_features(self, x: torch.Tensor, keep: list | None) -> torch.Tensor:
-        """softplus/GELU units in plain torch ops: pre-activation, activation, 5x5/2 average pool (global at the end)."""
+        """softplus/GELU units in plain torch ops: pre-activation, activation, 5x5/2 average pool (global at the
+        end)."""
         act = activation_fn(self.activation)
         h = x
         for i in range(5):

@@ -72,7 +72,8 @@ def _per_image(eps: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 def fast_at_batch(model, x: torch.Tensor, y: torch.Tensor, eps: torch.Tensor, u: torch.Tensor,
                   step_factor: float = 1.25) -> torch.Tensor:
-    """Fast-at's images: FGSM of ``step_factor * eps`` from the random start ``x + eps * u``, on the grid, in the box."""
+    """Fast-at's images: FGSM of ``step_factor * eps`` from the random start ``x + eps * u``, on the grid, in the
+    box."""
     x = x.detach().to(torch.float32)
     e = _per_image(eps, x)
     lo, hi = row_box(x, eps, True)

@@ -35,10 +35,11 @@ def criterion(config) -> dict:
         return {"rule": "highest clean validation accuracy"}
     if not _strong(config):
         return {"rule": f"highest mean of clean and FGSM eps {eps} validation accuracy"}
-    return {"rule": f"highest mean of clean and worst-case (correct clean, under FGSM and under APGD-CE) validation "
-                    f"accuracy at eps {eps}; a degenerate model (one class, or clean AUC within 0.05 of 0.5) "
-                    f"ranks below every other", "attack": {"name": "apgd", "loss": "ce", "steps": config.val_attack_steps, "restarts": 1,
-                       "seed": APGD_SEED, "rho": 0.75, "eps": config.val_eps, "grid": "uint8"}}
+    rule = (f"highest mean of clean and worst-case (correct clean, under FGSM and under APGD-CE) validation accuracy "
+            f"at eps {eps}; a degenerate model (one class, or clean AUC within 0.05 of 0.5) ranks below every other")
+    attack = {"name": "apgd", "loss": "ce", "steps": config.val_attack_steps, "restarts": 1, "seed": APGD_SEED,
+              "rho": 0.75, "eps": config.val_eps, "grid": "uint8"}
+    return {"rule": rule, "attack": attack}
 
 
 def validate(model, loader, config) -> dict:
@@ -78,7 +79,8 @@ def score(metrics: dict, config) -> float:
 def log_line(metrics: dict, config) -> str:
     """The accuracies of one validation as the training log shows them."""
     eps = f"{config.val_eps:g}"
-    text = f"val clean {100 * metrics['clean_accuracy']:.1f}%  fgsm@{eps} {100 * metrics[f'fgsm_eps{eps}_accuracy']:.1f}%"
+    text = (f"val clean {100 * metrics['clean_accuracy']:.1f}%  "
+            f"fgsm@{eps} {100 * metrics[f'fgsm_eps{eps}_accuracy']:.1f}%")
     if _strong(config):
         text += (f"  apgd{config.val_attack_steps}@{eps} {100 * metrics[f'apgd_eps{eps}_accuracy']:.1f}%  "
                  f"worst@{eps} {100 * metrics[f'worst_eps{eps}_accuracy']:.1f}%"

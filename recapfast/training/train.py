@@ -87,7 +87,8 @@ class TrainConfig:
              f"--activation is for the laplacian architecture, not {self.arch!r}"),
             (self.trades_beta >= 0, f"--trades-beta must be >= 0, got {self.trades_beta}"),
             (self.trades_steps >= 1, f"--trades-steps must be >= 1, got {self.trades_steps}"),
-            (self.trades_step is None or self.trades_step > 0, f"--trades-step-size must be > 0, got {self.trades_step}"),
+            (self.trades_step is None or self.trades_step > 0,
+             f"--trades-step-size must be > 0, got {self.trades_step}"),
             (self.fast_at_step > 0, f"--fast-at-step must be > 0, got {self.fast_at_step}"),
             (self.val_attack in VAL_ATTACKS, f"--val-attack must be one of {', '.join(VAL_ATTACKS)}, "
                                              f"got {self.val_attack!r}"),
