@@ -8,6 +8,8 @@ from torch import nn
 import recapfast as rf
 from recapfast.attacks.apgd import APGDConfig, apgd, apgd_attack, apgd_rows, checkpoint_windows
 
+from conftest import Autograd
+
 torchattacks = pytest.importorskip("torchattacks")
 
 
@@ -23,17 +25,6 @@ class Unit01(nn.Module):
 
     def forward(self, x):
         return self.model(x * SCALE)
-
-
-class Autograd(nn.Module):
-    """The same function as a model recapfast does not fold: every gradient through autograd."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return self.model(x)
 
 
 @pytest.fixture(scope="module")

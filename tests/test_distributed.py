@@ -93,14 +93,17 @@ def test_torchrun_eval_reduces_counters_to_the_single_process_result(tmp_path, s
 LOSS_TOLERANCE_MAX, LOSS_TOLERANCE_MEAN = 0.05, 0.02
 
 
-@pytest.mark.parametrize("robust", [False, True], ids=["baseline", "robust"])
+@pytest.mark.parametrize("robust", [False, True, "fast-at", "trades"], ids=["baseline", "robust", "fast-at", "trades"])
 def test_torchrun_train_loss_curve_matches_single_process(tmp_path, synth_dir, robust):
     from recapfast.training.train import TrainConfig, resume_path, train
 
     args = dict(iters=8, val_every=1, batch_size=8, widths=(4, 4, 8, 8, 8), size=32, lr=3e-3)
-    extra = ["--robust", "--adv-count", 4, "--penalty", 1.0] if robust else []
-    if robust:
+    extra = ["--robust", "--adv-count", 4, "--penalty", 1.0] if robust is True else []
+    if robust is True:
         args.update(robust=True, adv_count=4, penalty=1.0)
+    elif robust:                    # fast-at / trades: each rank draws its own images' eps and noise
+        extra = ["--defense", robust, "--val-attack-steps", 2] + (["--trades-steps", 2] if robust == "trades" else [])
+        args.update(defense=robust, val_attack_steps=2, trades_steps=2)
     torch.set_num_threads(1)
     single = train(synth_dir, tmp_path / "single.safetensors", TrainConfig(**args), log=lambda m: None)
     res = torchrun("train", synth_dir, "--out", tmp_path / "dist.safetensors", "--iters", 8, "--val-every", 1,
@@ -112,7 +115,10 @@ def test_torchrun_train_loss_curve_matches_single_process(tmp_path, synth_dir, r
     single_losses = [h["loss"] for h in single.history]
     assert len(dist_losses) == len(single_losses) == 8
     diffs = [abs(a - b) for a, b in zip(dist_losses, single_losses)]
-    assert max(diffs) <= LOSS_TOLERANCE_MAX and sum(diffs) / len(diffs) <= LOSS_TOLERANCE_MEAN, diffs
+    # fast-at/TRADES: their sign-step images turn the ranks' BatchNorm difference into discrete jumps (measured: max
+    # 0.083, mean 0.026 of losses ~0.5-0.9); that each rank attacks exactly its images is test_defenses.py's exact test.
+    scale = 2.0 if robust in ("fast-at", "trades") else 1.0
+    assert max(diffs) <= scale * LOSS_TOLERANCE_MAX and sum(diffs) / len(diffs) <= scale * LOSS_TOLERANCE_MEAN, diffs
     assert rf.load_model(tmp_path / "dist.safetensors") is not None
 
 

@@ -146,3 +146,20 @@ def test_init_starts_from_a_checkpoints_weights(synth_dir, tmp_path):
     with pytest.raises(DataError, match="widths"):
         train(synth_dir, tmp_path / "d.safetensors", TrainConfig(**{**start.__dict__, "widths": (4, 4, 4, 4, 4)}),
               log=lambda m: None)
+
+
+def test_resume_of_a_state_from_before_defense_and_activation(synth_dir, tmp_path):
+    """A resume state saved before --defense/--activation existed: robust means eq. 5-7 selected by FGSM, ReLU."""
+    base = dict(batch_size=8, lr=1e-3, val_every=2, seed=3, widths=TINY, robust=True, penalty=0.1, adv_count=4,
+                val_attack="fgsm")
+    out = tmp_path / "old.safetensors"
+    train(synth_dir, out, TrainConfig(iters=2, **base), log=lambda m: None)
+    state = torch.load(resume_path(out), weights_only=True)
+    for key in ("defense", "activation", "val_attack", "val_attack_steps", "fast_at_step", "trades_beta",
+                "trades_steps", "trades_step"):
+        del state["config"][key]
+    torch.save(state, resume_path(out))
+    with pytest.raises(DataError, match="val_attack"):          # it was selected by FGSM: say so, do not mix rules
+        train(synth_dir, out, TrainConfig(iters=4, **dict(base, val_attack="apgd")), resume=True, log=lambda m: None)
+    res = train(synth_dir, out, TrainConfig(iters=4, **base), resume=True, log=lambda m: None)
+    assert res.iterations == 4

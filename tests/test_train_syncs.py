@@ -56,6 +56,8 @@ CONFIGS = {
     "plain": dict(),
     "robust-exact": dict(robust=True, penalty=0.1, adv_count=4),
     "robust-fd": dict(robust=True, penalty=0.1, adv_count=4, penalty_mode="fd"),
+    "fast-at": dict(defense="fast-at", val_attack_steps=2),
+    "trades": dict(defense="trades", trades_steps=2, val_attack_steps=2),
 }
 
 
@@ -94,7 +96,8 @@ def test_logged_loss_is_the_mean_of_the_step_losses(synth_dir, tmp_path, monkeyp
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
-def test_no_cuda_syncs_between_logging_steps(synth_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["robust-exact", "fast-at", "trades"])
+def test_no_cuda_syncs_between_logging_steps(mode, synth_dir, tmp_path, monkeypatch):
     """On a GPU: torch's sync debug mode turns any synchronizing call during steps 2..N-1 into an error."""
     calls = {"n": 0}
     previous = torch.cuda.get_sync_debug_mode()
@@ -104,8 +107,7 @@ def test_no_cuda_syncs_between_logging_steps(synth_dir, tmp_path, monkeypatch):
         # Steps 2 .. iters-1 run between these two calls; the last step's logging must be allowed.
         torch.cuda.set_sync_debug_mode("error" if calls["n"] < 5 else previous)
 
-    cfg = TrainConfig(iters=6, val_every=6, batch_size=8, lr=1e-3, seed=1, widths=TINY, robust=True, penalty=0.1,
-                      adv_count=4)
+    cfg = TrainConfig(iters=6, val_every=6, batch_size=8, lr=1e-3, seed=1, widths=TINY, **CONFIGS[mode])
     try:
         train(synth_dir, tmp_path / "m.safetensors", cfg, device="cuda", log=lambda m: None, progress=progress)
     finally:

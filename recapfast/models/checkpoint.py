@@ -22,7 +22,7 @@ import torch
 from recapfast.io import atomic
 from recapfast.io.checkpoint_check import (CheckpointError, check_config, check_finite, check_tensors_match, expected_shapes,
                                read_header)
-from recapfast.models.laplacian import LaplacianCNN
+from recapfast.models.laplacian import ACTIVATIONS, LaplacianCNN
 
 BUNDLED = ("baseline", "robust")
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
@@ -119,13 +119,17 @@ def load_model(name_or_path: str | os.PathLike = "baseline", device: str | torch
     tensors, _ = read_header(weights)
     config = read_config(weights)
     widths = check_config(config, config_path(weights))
+    activation = config["model"].get("activation", "relu")      # checkpoints before --activation: ReLU
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
+        raise CheckpointError(f"{config_path(weights)}: model.activation {activation!r} is not one of "
+                              f"{', '.join(ACTIVATIONS)}"[:300])
     check_tensors_match(tensors, expected_shapes(widths), weights)
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights}: not a valid safetensors file ({err})") from err
     check_finite(state, weights)
-    model = LaplacianCNN(widths=widths)
+    model = LaplacianCNN(widths=widths, activation=activation)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

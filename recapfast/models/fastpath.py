@@ -17,6 +17,11 @@ adjoints, folded BatchNorm).
 Logits differ from the unfolded model's by float rounding only (~1e-6 relative); tests hold the
 predictions, logits (1e-4 relative) and attack images (>= 99.99 % of pixels) to the reference.
 Models that are not a plain :class:`recapfast.models.laplacian.LaplacianCNN` use the generic autograd path.
+
+Activations (``LaplacianCNN(activation=...)``): ReLU runs the fused C++ ops above.  softplus and GELU run plain
+torch ops: the forward ``avg_pool(act(conv))`` on the folded weights, and the hand adjoint per unit (average-pool
+backward, then the activation's derivative at the saved pre-activation through ATen's own ``softplus_backward`` /
+``gelu_backward``, the formulas autograd applies, then the conv adjoint), k cotangents in one pass as for ReLU.
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recapfast import ops
-from recapfast.models.laplacian import LaplacianCNN
+from recapfast.models.laplacian import LaplacianCNN, activation_fn
+from recapfast.ops.reference import POOL_KERNEL, POOL_PAD, POOL_STRIDE
 
 _CL = torch.channels_last
 
@@ -73,11 +79,14 @@ class FoldedLaplacianCNN:
             self.fc_weight = model.fc.weight.detach().clone()
             self.fc_bias = model.fc.bias.detach().clone()
         self.num_classes = model.num_classes
+        self.activation = model.activation
 
     # -- forward -------------------------------------------------------------------------------
     def _features(self, x: torch.Tensor, keep: list | None) -> torch.Tensor:
         if not x.is_floating_point():
             x = x.to(torch.float32)
+        if self.activation != "relu":
+            return self._smooth_features(x, keep)
         h, pre = ops.stem_pool(x, self.weights[0], self.biases[0], keep is not None)
         if keep is not None:
             keep.append(pre)
@@ -89,6 +98,21 @@ class FoldedLaplacianCNN:
         if keep is not None:
             keep.append(h)
         return F.relu(h).mean(dim=(2, 3))
+
+    def _smooth_features(self, x: torch.Tensor, keep: list | None) -> torch.Tensor:
+        """softplus/GELU units in plain torch ops: pre-activation, activation, 5x5/2 average pool (global at the
+        end)."""
+        act = activation_fn(self.activation)
+        h = x
+        for i in range(5):
+            pre = ops.laplace_conv(h, self.weights[0], self.biases[0]) if i == 0 else \
+                F.conv2d(h, self.weights[i], self.biases[i], padding=1)
+            if keep is not None:
+                keep.append(pre)
+            a = act(pre)
+            h = a.mean(dim=(2, 3)) if i == 4 else \
+                F.avg_pool2d(a, POOL_KERNEL, POOL_STRIDE, POOL_PAD, count_include_pad=False)
+        return h
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits [B, classes] of a batch (uint8 or float32 pixels [0, 255]); no autograd graph."""
@@ -112,6 +136,8 @@ class FoldedLaplacianCNN:
         x, pre = saved.x, saved.pre
         batch = x.shape[0]
         k = cotangents.shape[0] // batch if batch else 0
+        if self.activation != "relu":
+            return self._smooth_input_grads(pre, cotangents, k)
         with torch.no_grad():
             g = cotangents.to(torch.float32) @ self.fc_weight                          # [kB, C5]
             last = pre[4]
@@ -124,6 +150,28 @@ class FoldedLaplacianCNN:
                 g = ops.relu_pool_backward(g, pre[i - 1])
             g = F.conv2d(g, self.adjoints[1], padding=1)
             return ops.stem_pool_backward(g, pre[0], self.weights[0])
+
+    def _act_backward(self, g: torch.Tensor, pre: torch.Tensor, k: int) -> torch.Tensor:
+        """The activation's backward at ``pre`` for k cotangents stacked over its batch (ATen's formulas)."""
+        at = pre.repeat(k, 1, 1, 1) if k > 1 else pre
+        if self.activation == "softplus":
+            return torch.ops.aten.softplus_backward(g, at, 1.0, 20.0)     # F.softplus's defaults
+        return torch.ops.aten.gelu_backward(g, at, approximate="none")
+
+    def _smooth_input_grads(self, pre: list[torch.Tensor], cotangents: torch.Tensor, k: int) -> torch.Tensor:
+        with torch.no_grad():
+            g = cotangents.to(torch.float32) @ self.fc_weight                          # [kB, C5]
+            last = pre[4]
+            g = (g / (last.shape[2] * last.shape[3]))[:, :, None, None].expand(-1, -1, *last.shape[2:])
+            g = self._act_backward(g, last, k)                                       # mean's, then act's backward
+            for i in range(4, 0, -1):
+                g = F.conv2d(g, self.adjoints[i], padding=1)                          # conv adjoint
+                shape = (g.shape[0], *pre[i - 1].shape[1:])                         # the pooling's input
+                g = torch.ops.aten.avg_pool2d_backward(g, g.new_empty(shape), [POOL_KERNEL] * 2, [POOL_STRIDE] * 2,
+                                                       [POOL_PAD] * 2, False, False, None)
+                g = self._act_backward(g, pre[i - 1], k)
+            # the stem: the first conv's adjoint, then the (self-adjoint, zero-padded) Laplacian
+            return ops.laplacian(F.conv_transpose2d(g, self.weights[0], padding=1)).contiguous()
 
 
 __all__ = ["FoldedLaplacianCNN", "supports"]

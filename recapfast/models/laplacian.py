@@ -14,15 +14,29 @@ from recapfast import ops
 # while the detector still separates the synthetic recapture data (see docs/training.md).
 DEFAULT_WIDTHS = (8, 16, 32, 64, 128)
 
+# The conv units' nonlinearity (``--activation``): ReLU as in the paper, or a smooth one (softplus with torch's
+# defaults beta 1 and threshold 20; GELU exact, with erf), for which an input-gradient-norm penalty is not
+# defeated by ReLU's piecewise-linear kinks (Rodriguez-Munoz et al. 2024).
+ACTIVATIONS = {"relu": F.relu, "softplus": F.softplus, "gelu": F.gelu}
+
+
+def activation_fn(name: str):
+    """The function of an activation name of :data:`ACTIVATIONS` (ValueError for any other)."""
+    if name not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {name!r}")
+    return ACTIVATIONS[name]
+
 
 class ConvUnit(nn.Module):
-    """3x3 conv (stride 1, pad 1) -> BatchNorm -> ReLU -> 5x5/2 average pool (or global average pool)."""
+    """3x3 conv (stride 1, pad 1) -> BatchNorm -> activation (ReLU by default) -> 5x5/2 average pool (or global
+    average pool)."""
 
-    def __init__(self, cin: int, cout: int, global_pool: bool = False):
+    def __init__(self, cin: int, cout: int, global_pool: bool = False, activation: str = "relu"):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, 3, stride=1, padding=1)
         self.bn = nn.BatchNorm2d(cout)
         self.global_pool = global_pool
+        self.act = activation_fn(activation)
 
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.global_pool:
@@ -30,7 +44,7 @@ class ConvUnit(nn.Module):
         return F.avg_pool2d(x, 5, stride=2, padding=2, count_include_pad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(F.relu(self.bn(self.conv(x))))
+        return self.pool(self.act(self.bn(self.conv(x))))
 
 
 class WidthsDetector(nn.Module):
@@ -55,6 +69,9 @@ _COUNT_WORDS = {5: "five", 6: "six"}
 class LaplacianCNN(WidthsDetector):
     """Fixed Laplacian enhancement layer, five conv units, linear layer to 2 classes.
 
+    ``activation``: the units' nonlinearity, a name of :data:`ACTIVATIONS` (stored in :meth:`config`, so a
+    checkpoint reloads with it).
+
     Input: [B, 3, H, W], uint8 or float32 in pixel units [0, 255].  Output: logits [B, 2]
     (class 0 = original, 1 = recaptured).  The Laplacian is fixed (not a parameter): the stem
     (Laplacian of ``recapfast.ops.reference.LAPLACIAN`` + first convolution) runs through
@@ -63,14 +80,20 @@ class LaplacianCNN(WidthsDetector):
 
     ARCH = "LaplacianCNN"
 
-    def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, num_classes: int = 2):
+    def __init__(self, widths: Sequence[int] = DEFAULT_WIDTHS, num_classes: int = 2, activation: str = "relu"):
         super().__init__()
         widths = self._set_widths(widths, 5, num_classes)
+        activation_fn(activation)
+        self.activation = activation
         cins = (3,) + widths[:-1]
         self.units = nn.ModuleList(
-            ConvUnit(cin, cout, global_pool=(i == 4)) for i, (cin, cout) in enumerate(zip(cins, widths))
+            ConvUnit(cin, cout, global_pool=(i == 4), activation=activation)
+            for i, (cin, cout) in enumerate(zip(cins, widths))
         )
         self.fc = nn.Linear(widths[-1], num_classes)
+
+    def config(self) -> dict:
+        return {**super().config(), "activation": self.activation}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -79,7 +102,7 @@ class LaplacianCNN(WidthsDetector):
             x = x.to(torch.float32)
         stem = self.units[0]
         h = ops.laplace_conv(x, stem.conv.weight, stem.conv.bias)
-        h = stem.pool(F.relu(stem.bn(h)))
+        h = stem.pool(stem.act(stem.bn(h)))
         for unit in self.units[1:]:
             h = unit(h)
         return self.fc(h)

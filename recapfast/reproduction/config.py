@@ -91,7 +91,7 @@ class ReproduceConfig:
         return TrainConfig(iters=self.iters, batch_size=self.batch_size, lr=self.lr, lr_decay=self.lr_decay,
                            lr_step=self.lr_step, robust=robust, penalty=self.penalty, adv_count=self.adv_count,
                            adv_weight=self.adv_weight, val_every=self.val_every, size=self.train_tile or size,
-                           seed=self.seed, widths=self.widths)
+                           seed=self.seed, widths=self.widths, val_attack="fgsm")   # the committed report's rule
 
     def to_dict(self) -> dict:
         d = asdict(self)

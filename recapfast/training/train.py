@@ -1,4 +1,5 @@
-"""Baseline (Yang) and robust (Zhao et al. 2018, eq. 5-7) training of LaplacianCNN.
+"""Baseline (Yang) and robust training of LaplacianCNN: Zhao et al. 2018's eq. 5-7 (``defense="paper"``, below),
+fast-at and TRADES (``recapfast.training.defenses``).
 
 Robust objective, per mini-batch of m images whose first k are replaced by FGSM images made
 with the current model (eval mode: BatchNorm running statistics are not updated) at an eps
@@ -32,11 +33,13 @@ from recapfast.models.archs import ARCHS, build
 from recapfast.data.folder import CLASS_NAMES, DataError, PatchDataset, discover, make_loader
 from recapfast.data.splits import holdout_split, manifest_hash
 from recapfast import distributed
-from recapfast.engine.evaluate import Evaluator
-from recapfast.models.laplacian import DEFAULT_WIDTHS, LaplacianCNN
+from recapfast.models.laplacian import ACTIVATIONS, DEFAULT_WIDTHS, LaplacianCNN
+from recapfast.training.defenses import DEFENSES, adversarial_eps, defense_loss
+from recapfast.training.selection import criterion, log_line, score, validate
 
 
 PENALTY_MODES = ("exact", "fd")
+VAL_ATTACKS = ("apgd", "fgsm")
 
 
 @dataclass
@@ -46,28 +49,54 @@ class TrainConfig:
     lr: float = 1e-4
     lr_decay: float = 0.9
     lr_step: int = 10_000
-    robust: bool = False
+    robust: bool = False            # True: a robust defence; robust=True alone means defense="paper" (eq. 5-7)
+    defense: str = "none"           # none (baseline) | paper (eq. 5-7) | fast-at | trades (recapfast.training.defenses)
     penalty: float = 10.0           # lambda of eq. 5 (pixel units; chosen by the validation sweep in docs/training.md); robust only
     penalty_mode: str = "exact"     # "exact": double backprop (eq. 5); "fd": finite difference (fd_robust_loss)
     adv_count: int = 32             # k of eq. 7
     adv_weight: float = 0.2         # alpha of eq. 7
     eps_min: float = 1.0
     eps_max: float = 5.0
+    fast_at_step: float = 1.25      # fast-at's FGSM step, in units of each image's eps
+    trades_beta: float = 6.0        # TRADES' beta (the paper's default)
+    trades_steps: int = 10          # k of TRADES' PGD-k inner maximization
+    trades_step: float | None = None  # its step, in units of eps (None: 2.5 / trades_steps)
     val_every: int = 500
     val_eps: float = 2.0
+    val_attack: str = "apgd"        # robust defences' selection attack: apgd (APGD-CE, val_attack_steps) or fgsm
+    val_attack_steps: int = 10
     val_fraction: float = 0.1       # held out of the training folder when no --val folder is given
     size: int = 64
     seed: int = 0
     widths: tuple = DEFAULT_WIDTHS
     arch: str = "laplacian"         # recapfast.models.archs: laplacian, bayar, meso4
     init: str | None = None         # start from this checkpoint's weights (bundled name or .safetensors path)
+    activation: str | None = None   # LaplacianCNN's activation (None: relu, or --init's checkpoint's)
+
+    def __post_init__(self) -> None:
+        if self.robust and self.defense == "none":
+            self.defense = "paper"
+        self.robust = self.defense != "none"
 
     def validate(self) -> None:
         checks = [
+            (self.defense in DEFENSES, f"--defense must be one of {', '.join(DEFENSES[1:])}, got {self.defense!r}"),
+            (self.activation is None or self.activation in ACTIVATIONS,
+             f"--activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}"),
+            (self.activation is None or self.arch == "laplacian",
+             f"--activation is for the laplacian architecture, not {self.arch!r}"),
+            (self.trades_beta >= 0, f"--trades-beta must be >= 0, got {self.trades_beta}"),
+            (self.trades_steps >= 1, f"--trades-steps must be >= 1, got {self.trades_steps}"),
+            (self.trades_step is None or self.trades_step > 0,
+             f"--trades-step-size must be > 0, got {self.trades_step}"),
+            (self.fast_at_step > 0, f"--fast-at-step must be > 0, got {self.fast_at_step}"),
+            (self.val_attack in VAL_ATTACKS, f"--val-attack must be one of {', '.join(VAL_ATTACKS)}, "
+                                             f"got {self.val_attack!r}"),
+            (self.val_attack_steps >= 1, f"--val-attack-steps must be >= 1, got {self.val_attack_steps}"),
             (self.iters >= 0, f"--iters must be >= 0, got {self.iters}"),
             (self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (0 <= self.adv_count <= (self.batch_size if self.robust else self.adv_count), f"--adv-count must be in [0, batch size], got {self.adv_count}"),
+            (0 <= self.adv_count <= (self.batch_size if self.defense == "paper" else self.adv_count), f"--adv-count must be in [0, batch size], got {self.adv_count}"),
             (0 < self.eps_min <= self.eps_max, f"eps range must satisfy 0 < min <= max, got {self.eps_min}..{self.eps_max}"),
             (self.penalty >= 0, f"--penalty must be >= 0, got {self.penalty}"),
             (self.penalty_mode in PENALTY_MODES, f"--penalty-mode must be one of {', '.join(PENALTY_MODES)}, "
@@ -134,18 +163,6 @@ def fgsm_mixed_batch(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps:
     return torch.cat([signed_step(x[:k], grad[:k], eps), x[k:]])      # per-image eps: no host sync
 
 
-def adversarial_eps(config: "TrainConfig", step: int, global_batch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """Per-image eps ~ U[eps_min, eps_max] of this rank's share of the global batch's first k images.
-
-    Drawn for the whole global batch from a generator seeded by (seed, step), so a run is
-    resumable and a torchrun rank holding images r, r + world, ... gets exactly their eps.
-    """
-    k_global = min(config.adv_count, global_batch)
-    gen = torch.Generator().manual_seed((config.seed * 1_000_003 + step) % 2 ** 64)
-    eps = config.eps_min + (config.eps_max - config.eps_min) * torch.rand(k_global, generator=gen)
-    return eps[rank::world]
-
-
 def robust_loss(model: LaplacianCNN, xb: torch.Tensor, y: torch.Tensor, weights: torch.Tensor,
                 penalty: float) -> tuple[torch.Tensor, dict]:
     """Eq. 5-7: weighted per-image (CE + lambda * ||grad_x CE||_2), divided by the batch size.
@@ -190,7 +207,7 @@ def fd_robust_loss(model: LaplacianCNN, x: torch.Tensor, y: torch.Tensor, eps: t
 
 def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, world: int = 1
                   ) -> tuple[torch.Tensor, dict]:
-    """The loss of one step: plain CE for the baseline, eq. 5-7 for the robust model.
+    """The loss of one step: plain CE for the baseline, eq. 5-7 for ``paper``, ``defenses.defense_loss`` else.
 
     Nothing here waits for the GPU: the stats are detached device tensors, read only when logging.
 
@@ -201,6 +218,8 @@ def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, wo
         logits = model(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": loss.detach()}
+    if config.defense != "paper":
+        return defense_loss(model, x, y, config, step, rank, world)
     eps = adversarial_eps(config, step, x.shape[0] * world, rank, world)
     if config.penalty_mode == "fd":
         weights = torch.ones(x.shape[0], device=x.device)
@@ -210,22 +229,6 @@ def training_loss(model, x, y, config: TrainConfig, step: int, rank: int = 0, wo
     weights = torch.ones(x.shape[0], device=x.device)
     weights[:eps.numel()] = config.adv_weight
     return robust_loss(model, xb, y, weights, config.penalty)
-
-
-def validate(model, loader, eps: float) -> dict:
-    evaluator = Evaluator(model, [eps], ["fgsm"])
-    for batch in loader:
-        evaluator.update(batch.x, batch.y)
-    res = evaluator.result()
-    return {"clean_accuracy": res.clean_accuracy, f"fgsm_eps{eps:g}_accuracy": res.cells[0].accuracy,
-            "patches": res.patches}
-
-
-def score(metrics: dict, robust: bool, eps: float) -> float:
-    """Model selection: clean accuracy (baseline); mean of clean and FGSM accuracy (robust)."""
-    if robust:
-        return 0.5 * (metrics["clean_accuracy"] + metrics[f"fgsm_eps{eps:g}_accuracy"])
-    return metrics["clean_accuracy"]
 
 
 def resume_path(out: Path) -> Path:
@@ -281,10 +284,14 @@ def train(
             raise DataError(f"--resume: no resume state {state_file} (train without --resume to start)")
         state = torch.load(state_file, map_location=device, weights_only=True)
         saved = state["config"]
+        # A field newer than the saved state compares as its default (e.g. penalty_mode); a state from before
+        # --defense: eq. 5-7 when robust, selected by FGSM accuracy; before --activation: ReLU for a laplacian.
+        older = _plain(asdict(TrainConfig(robust=bool(saved.get("robust")))))
+        older.update({"val_attack": "fgsm"} if saved.get("robust") else {},
+                     activation="relu" if saved.get("arch", "laplacian") == "laplacian" else None)
         mismatched = [f.name for f in fields(TrainConfig)
                       if f.name not in ("iters", "val_every")
-                      # a field newer than the saved state compares as its default (e.g. penalty_mode)
-                      and saved.get(f.name, _plain(getattr(TrainConfig(), f.name))) != _plain(getattr(config, f.name))]
+                      and saved.get(f.name, older[f.name]) != _plain(getattr(config, f.name))]
         if mismatched:
             raise DataError(f"--resume: {state_file} was made with other settings ({', '.join(mismatched)})")
         model.load_state_dict(state["model"])
@@ -306,29 +313,32 @@ def train(
     sampler = StepBatches(len(train_set), config.batch_size, config.seed, start, config.iters)
     loader = make_loader(train_set, config.batch_size, workers,
                          batch_sampler=distributed.RankSlices(sampler, dist_info) if dist_info.enabled else sampler)
+    if dist_info.is_main:
+        log(f"recapfast: defense {config.defense}; keeping the checkpoint of {criterion(config)['rule']}"
+            + (f" (APGD-CE {config.val_attack_steps} steps, 1 restart)" if "attack" in criterion(config) else ""))
     t0 = time.perf_counter()
     step, running = start, []
 
     def checkpoint_now(step: int) -> None:
         nonlocal best_score, best
-        metrics = validate(model, val_loader, config.val_eps)
+        metrics = validate(model, val_loader, config)
         losses = distributed.mean_over_ranks_each(running)   # the only sync and all-reduce for the losses
         metrics.update(iteration=step, loss=sum(losses) / max(len(losses), 1), lr=optimizer.param_groups[0]["lr"])
         history.append(metrics)
         running.clear()
-        s = score(metrics, config.robust, config.val_eps)
+        s = score(metrics, config)
         mark = ""
         if s > best_score:
             best_score, best, mark = s, dict(metrics), " (best)"
         if mark and dist_info.is_main:
             from recapfast.models.zoo import save_model
 
-            save_model(model, out, {"training": _plain(asdict(config)), "metrics": best, "data": data_info,
+            save_model(model, out, {"training": _plain(asdict(config)), "selection": criterion(config),
+                                    "metrics": best, "data": data_info,
                                     "history": history, "compute": runtime_settings()})
         if not dist_info.is_main:
             return
-        log(f"iter {step}: loss {metrics['loss']:.4f}  val clean {100 * metrics['clean_accuracy']:.1f}%  "
-            f"fgsm@{config.val_eps:g} {100 * metrics[f'fgsm_eps{config.val_eps:g}_accuracy']:.1f}%{mark}")
+        log(f"iter {step}: loss {metrics['loss']:.4f}  {log_line(metrics, config)}{mark}")
         _save_resume(state_file, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                   "scheduler": scheduler.state_dict(), "step": step, "best_score": best_score,
                                   "best": best, "history": history, "config": _plain(asdict(config))})
@@ -370,8 +380,12 @@ def init_architecture(init: str) -> tuple[str, tuple]:
 
 def _initial_model(config: TrainConfig) -> torch.nn.Module:
     """A fresh ``config.arch`` model, or (``config.init``: a bundled name or a checkpoint of any arch) the model to
-    fine-tune; ``config`` takes its arch and widths."""
+    fine-tune; ``config`` takes its arch, widths and (unless set) activation.  An explicit activation other than the
+    checkpoint's fine-tunes its weights under that activation (e.g. the ReLU baseline as a softplus model)."""
     if config.init is None:
+        if config.arch == "laplacian":
+            config.activation = config.activation or "relu"
+            return LaplacianCNN(config.widths, activation=config.activation)
         return build(config.arch, config.widths)
     from recapfast.models.archs import CONFIG_NAMES
     from recapfast.models.zoo import load_recapfast
@@ -385,7 +399,16 @@ def _initial_model(config: TrainConfig) -> torch.nn.Module:
         raise DataError(f"--init {config.init}: widths {widths} differ from --widths {tuple(config.widths)}")
     if config.arch not in (arch, "laplacian"):       # laplacian: the default, "unset"
         raise DataError(f"--init {config.init}: a {arch} checkpoint, not --arch {config.arch}")
+    if config.activation is not None and arch != "laplacian":
+        raise DataError(f"--init {config.init}: --activation is for the laplacian architecture, not {arch!r}")
     config.arch, config.widths = arch, widths
+    if arch == "laplacian":
+        activation = config.activation or spec.get("activation", "relu")
+        if activation != model.activation:
+            swapped = LaplacianCNN(widths, activation=activation)
+            swapped.load_state_dict(model.state_dict())
+            model = swapped
+        config.activation = activation
     return model.train()
 
 
