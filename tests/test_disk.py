@@ -89,7 +89,8 @@ def test_screen_disk_full_then_read_only_then_resume(setup):
     base, data, model = setup
     ref = base / "ref.jsonl"
     if not ref.exists():
-        screen_folder(rf.load_model(model), data, ref, ScreenConfig(size=32, probe_eps=(1, 2), batch_size=4))
+        screen_folder(rf.load_model(model), data, ref, ScreenConfig(size=32, probe_eps=(1, 2), batch_size=4,
+                                                                   model=str(model)))   # the CLI records --model
     cmd = f"$RF screen {data} --out $MNT/r.jsonl --model {model} --size 32 --probe-eps 1,2 --batch-size 4 " \
           f"--device cpu --quiet"
     r = in_namespace(base, f"""
