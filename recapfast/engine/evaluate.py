@@ -181,14 +181,18 @@ class Evaluator:
         single = [a for a in self.attacks if a in ATTACKS]
         iterative = [a for a in self.attacks if a in ITERATIVE_ATTACKS]
         keep = self.trust is not None      # the trust checks (JPEG, extra logits) read the adversarial images
-        if not self._checked:
-            from recapfast.models.pixels import check_logits
-
-            check_logits(self.model, x, f"--model {self.model_name}" if self.model_name else "the model",
-                         self.per_class.numel())
+        try:
+            res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
+                        return_images=keep)
+        except Exception:
+            if not self._checked:
+                self._check_model(x, bad=False)   # a model whose output is wrong: one line saying what
+            raise
+        if not self._checked:             # the first batch: the sweep's own clean logits, no extra forward
+            if res.clean_logits.shape != (x.shape[0], self.per_class.numel()) or \
+                    not bool(torch.isfinite(res.clean_logits).all()):
+                self._check_model(x, bad=True)
             self._checked = True
-        res = sweep(self.model, x, y, self.eps, single, quantize=self.quantize, metrics=self.metrics,
-                    return_images=keep)
         finite = torch.isfinite(res.clean_logits).all(1)
         if not bool(finite.all()):      # one boolean read per batch; a rerun only for a batch with NaN/Inf logits
             self.nonfinite += (~finite).sum()
@@ -220,6 +224,18 @@ class Evaluator:
             self.ssim_sum[i] += res.ssim[name].nan_to_num(0.0).sum(1)
         if self.uap is not None:
             self._update_uap(x, y, onehot, res.clean_predictions)
+
+    def _check_model(self, x: torch.Tensor, bad: bool) -> None:
+        """The one-line ModelOutputError that says what is wrong with the model's output on ``x`` (the first batch),
+        if anything; ``bad``: the sweep's clean logits were already found wrong (raise in any case)."""
+        from recapfast.models.pixels import ModelOutputError, check_logits
+
+        what = f"--model {self.model_name}" if self.model_name else "the model"
+        check_logits(self.model, x, what, self.per_class.numel())
+        if not bad:
+            return
+        raise ModelOutputError(f"{what}: returned non-finite logits (NaN or Inf) on the first batch "
+                               f"({'x'.join(map(str, x.shape))})")
 
     def _update_uap(self, x, y, onehot, clean_pred) -> None:
         from recapfast.attacks.universal import apply_uap
