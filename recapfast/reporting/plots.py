@@ -32,14 +32,28 @@ def _pyplot():
     return plt
 
 
-def accuracy_vs_eps(size: int, evals: dict, paper_clean: dict, paper_adv: dict, eps: Sequence[float], path) -> Path:
+def panel_title(model: str, size: int, worst: dict | None = None) -> str:
+    """The title of a model's panel: marked "(masking suspected: <checks>)" when the worst stage's gradient-masking
+    checks of that model flagged (recapfast.reporting.trust.masking_mark), unmarked otherwise."""
+    from recapfast.reporting.trust import masking_mark
+
+    mark = masking_mark(((worst or {}).get("models") or {}).get(model, {}).get("masking"))
+    return f"{_MODEL_TITLES[model]}, {size}x{size}" + (f"\n{mark.strip()}" if mark else "")
+
+
+def accuracy_vs_eps(size: int, evals: dict, paper_clean: dict, paper_adv: dict, eps: Sequence[float], path,
+                    worst: dict | None = None) -> Path:
     """One PNG per size: a panel per model; FGSM and LLCM accuracy vs eps (ours solid, paper dashed),
-    clean accuracy as a horizontal line (eps 0 is plotted as the clean point)."""
+    clean accuracy as a horizontal line (eps 0 is plotted as the clean point).  ``worst``: the reproduce
+    worst stage's record; adds each model's worst-case curve (on that stage's patches) and marks a model whose
+    gradient-masking checks flagged in its panel title and its worst-case legend entry.  The panel titles
+    are also written into the PNG's "Description" text chunk."""
     plt = _pyplot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     xs = [0.0] + [float(e) for e in eps]
+    titles = []
     for ax, model in zip(axes, ("baseline", "robust")):
         ev = evals[model]
         clean = 100 * ev["clean_accuracy"]
@@ -50,8 +64,15 @@ def accuracy_vs_eps(size: int, evals: dict, paper_clean: dict, paper_adv: dict, 
             if paper is not None:
                 ax.plot(xs, [100 * paper_clean[model][size]] + [100 * a for a in paper], "--", color=color,
                         marker="x", alpha=0.6, label=f"{label} (paper)")
+        w = ((worst or {}).get("models") or {}).get(model)
+        if w is not None:
+            from recapfast.reporting.trust import masking_mark
+
+            ax.plot(xs, [100 * w["clean"]] + [100 * a for a in w["worst"]], "-s", color="black",
+                    label=f"worst case, auto+LLCM ({w['patches']} patches){masking_mark(w.get('masking'))}")
         ax.axhline(50, color="grey", lw=0.8, ls=":", label="chance (50%)")
-        ax.set_title(f"{_MODEL_TITLES[model]}, {size}x{size}")
+        titles.append(panel_title(model, size, worst))
+        ax.set_title(titles[-1], **({"fontsize": 9} if "\n" in titles[-1] else {}))
         ax.set_xlabel("eps (grey levels; 0 = clean)")
         ax.set_xticks(xs)
         ax.set_ylim(-2, 102)
@@ -60,7 +81,8 @@ def accuracy_vs_eps(size: int, evals: dict, paper_clean: dict, paper_adv: dict, 
     axes[0].set_ylabel("detection accuracy on the test split (%)")
     fig.suptitle(f"Accuracy under FGSM / LLCM vs eps, {size}x{size} patches (Experiments 1 and 2)")
     fig.tight_layout()
-    atomic.write_file(path, writer=lambda fh: fig.savefig(fh, format="png", dpi=90))
+    meta = {"Description": " | ".join(t.replace("\n", " ") for t in titles)}
+    atomic.write_file(path, writer=lambda fh: fig.savefig(fh, format="png", dpi=90, metadata=meta))
     plt.close(fig)
     return path
 

@@ -28,6 +28,23 @@ _TITLES = {
 }
 
 
+def masking_flags(masking: dict | None) -> list[str]:
+    """The readable titles of the flagged gradient-masking checks of an eval's ``masking`` dict (the degenerate-model
+    check included); [] when none flagged or nothing was checked."""
+    if not masking:
+        return []
+    flags = [_TITLES.get(c["check"], c["check"]) for c in masking.get("checks", []) if c["status"] == "flagged"]
+    if (masking.get("degenerate") or {}).get("status") == "flagged":
+        flags.append("degenerate model")
+    return flags
+
+
+def masking_mark(masking: dict | None) -> str:
+    """The mark " (masking suspected: <checks>)" of a model whose checks flagged; "" otherwise."""
+    flags = masking_flags(masking)
+    return f" (masking suspected: {', '.join(flags)})" if flags else ""
+
+
 def cascade_markdown(result) -> list[str]:
     """Which attack fooled each patch first, per eps, in the ``auto`` cascade."""
     c = result.worst_case["cascade"]
@@ -133,4 +150,4 @@ def trust_markdown(result) -> list[str]:
     return parts
 
 
-__all__ = ["trust_markdown", "masking_markdown", "cascade_markdown", "detection_markdown", "jpeg_markdown"]
+__all__ = ["trust_markdown", "masking_markdown", "masking_flags", "masking_mark", "cascade_markdown", "detection_markdown", "jpeg_markdown"]
