@@ -24,6 +24,19 @@ pytest.importorskip("matplotlib")
 TINY = dict(sizes=(32,), count=16, iters=4, lr=1e-3, widths=(4, 8, 8, 16, 16), eval_batch=16)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def cheap_worst_stage():
+    """The worst stage at a fraction of its default strength (its own tests: tests/test_reproduce_worst.py)."""
+    from recapfast.attacks.apgd import APGDConfig
+    from recapfast.attacks.square import SquareConfig
+    from recapfast.engine.trust import TrustConfig
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp, "worst_trust", lambda: TrustConfig(cascade=True, apgd=APGDConfig(steps=5),
+                                                          square=SquareConfig(queries=20)))
+        yield
+
+
 def tiny_config(**overrides) -> ReproduceConfig:
     return ReproduceConfig(**{**TINY, **overrides})
 
@@ -42,7 +55,8 @@ def tiny_run(tmp_path_factory):
 
 def test_end_to_end_outputs(tiny_run):
     out, result = tiny_run
-    assert result.ran == [f"32/{s}" for s in ("data", "split", "baseline", "robust", "eval", "measure", "figures")]
+    assert result.ran == [f"32/{s}" for s in ("data", "split", "baseline", "robust", "eval", "worst", "measure",
+                                                    "figures")]
     report = (out / "report.md").read_text()
     for heading in ("## Table 1", "## Table 2", "## Table 3", "## Findings", "## Data manifest", "## Environment"):
         assert heading in report
@@ -108,7 +122,7 @@ def test_rerun_skips_finished_stages(tiny_run):
     out, _ = tiny_run
     before = json.loads((out / "state.json").read_text())["stages"]
     again = rp.reproduce(out, tiny_config(), workers=1, log=quiet)
-    assert again.ran == [] and len(again.skipped) == 7
+    assert again.ran == [] and len(again.skipped) == 8
     assert json.loads((out / "state.json").read_text())["stages"] == before
 
 
@@ -132,20 +146,20 @@ def test_resume_after_a_failed_stage(tmp_path, monkeypatch):
     logs = []
     result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
     assert result.skipped == ["32/data", "32/split", "32/baseline"]
-    assert result.ran == ["32/robust", "32/eval", "32/measure", "32/figures"]
+    assert result.ran == ["32/robust", "32/eval", "32/worst", "32/measure", "32/figures"]
     after = json.loads((out / "state.json").read_text())["stages"]
     for name in ("32/data", "32/split", "32/baseline"):
         assert after[name] == state[name]                            # same record, same finished_at
     assert (out / "report.md").is_file()
 
     # A training stage killed after its resume state was written continues from it.
-    del after["32/robust"], after["32/eval"], after["32/measure"], after["32/figures"]
+    del after["32/robust"], after["32/eval"], after["32/worst"], after["32/measure"], after["32/figures"]
     full = json.loads((out / "state.json").read_text())
     full["stages"] = after
     (out / "state.json").write_text(json.dumps(full))
     logs.clear()
     result = rp.reproduce(out, tiny_config(), workers=1, log=logs.append)
-    assert result.ran == ["32/robust", "32/eval", "32/measure", "32/figures"]
+    assert result.ran == ["32/robust", "32/eval", "32/worst", "32/measure", "32/figures"]
     assert any("resuming" in line for line in logs)
 
 

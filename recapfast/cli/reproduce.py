@@ -54,7 +54,8 @@ def reproduce_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Synthesize (or read) data per size, split 40/10/50, train Yang's baseline and the robust model,
-    evaluate clean/FGSM/LLCM at eps 1..5, and write the report; rerun the same command to resume."""
+    evaluate clean/FGSM/LLCM at eps 1..5 and the worst case (eval --attack auto,llcm, with its gradient-masking
+    checks) on up to 256 x (64/size)^2 test patches, and write the report; rerun the same command to resume."""
     from recapfast.io.lock import lock_outputs
     from recapfast.reproduction.config import ReproduceConfig
     from recapfast.reproduction.run import reproduce

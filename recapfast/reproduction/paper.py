@@ -123,3 +123,82 @@ def findings(numbers: dict, eps: Sequence[float] = EPS, measured: dict | None = 
     }
     return out
 
+
+
+def _eps_list(cells) -> str:
+    return ", ".join(f"{c['eps']:g}" for c in cells)
+
+
+# The worst case of a reproduce run: `recapfast eval --attack auto,llcm` on the worst stage's patches.
+WORST_ATTACKS = ("fgsm", "llcm", "apgd", "square")
+
+
+def worst_finding(worst: dict, eps: Sequence[float] = EPS, c_holds: bool | None = None) -> dict:
+    """Finding (c) checked against the worst case, from the worst stage's own numbers (one set of patches).
+
+    ``worst["models"][model]`` = {"clean": acc, "fgsm": [...], "llcm": [...], "worst": [...]} on the same
+    patches.  Per eps, the recovery (robust_adv - baseline_adv) / (baseline_clean - baseline_adv) of FGSM, LLCM
+    and the worst case; ``only_paper_attacks``: the eps where both FGSM and LLCM recover >= RECOVERY_MIN but
+    the worst case does not.  ``c_holds``: finding (c) on the eval stage's numbers, for the verdict sentence.
+    Returns {holds, rule, per_eps, only_paper_attacks, sentence}; every sentence states compared numbers.
+    """
+    b, r = worst["models"]["baseline"], worst["models"]["robust"]
+    n = worst["patches"]
+    e = [f"{x:g}" for x in eps]
+
+    def recovery(key: str, i: int) -> float:
+        lost = b["clean"] - b[key][i]
+        return (r[key][i] - b[key][i]) / lost if lost > 1e-9 else float("nan")
+
+    ok = lambda v: math.isnan(v) or v >= RECOVERY_MIN  # noqa: E731  (nan: the attack cost the baseline nothing)
+    per_eps = []
+    for i in range(len(eps)):
+        rec = {k: recovery(k, i) for k in ("fgsm", "llcm", "worst")}
+        per_eps.append({"eps": float(eps[i]), "recovery": rec,
+                        "robust": {k: r[k][i] for k in ("fgsm", "llcm", "worst")},
+                        "paper_attacks_hold": ok(rec["fgsm"]) and ok(rec["llcm"]), "worst_holds": ok(rec["worst"])})
+    drop = b["clean"] - r["clean"]
+    clean_ok = drop <= CLEAN_DROP_MAX
+    finite = [(p["recovery"]["worst"], p["eps"]) for p in per_eps if not math.isnan(p["recovery"]["worst"])]
+    least = min(finite) if finite else (float("nan"), float("nan"))
+    holds = clean_ok and bool(finite) and all(p["worst_holds"] for p in per_eps)
+    only = [p for p in per_eps if p["paper_attacks_hold"] and not p["worst_holds"]]
+
+    def rec(v: float) -> str:
+        return "undefined" if math.isnan(v) else f"{100 * v:.0f}%"
+
+    def cell(p) -> str:
+        rb, rc = p["robust"], p["recovery"]
+        return (f"eps {p['eps']:g}: robust worst case {pct(rb['worst'])} vs FGSM {pct(rb['fgsm'])}, LLCM "
+                f"{pct(rb['llcm'])}; recovery {rec(rc['worst'])} vs {rec(rc['fgsm'])} / {rec(rc['llcm'])}")
+
+    on = f"on the same {n} test patches"
+    if not clean_ok:
+        sentence = (f"the robust model's clean accuracy {pct(r['clean'])} is more than {100 * CLEAN_DROP_MAX:g} points "
+                    f"below the baseline's {pct(b['clean'])} {on}, so (c) fails before any attack")
+    elif not finite:
+        sentence = (f"the recovery is undefined at every eps: the worst case costs the baseline nothing (its "
+                    f"worst-case accuracy equals its clean accuracy {pct(b['clean'])} {on}), so there is no gap to "
+                    f"close and (c) cannot be checked against the worst case")
+    elif only:
+        sentence = (f"the defence holds only against the attacks the paper tried at eps "
+                    f"{_eps_list(only)}: there the robust model closes >= "
+                    f"{100 * RECOVERY_MIN:g}% of the baseline's gap under FGSM and LLCM but not under the worst case "
+                    f"({'; '.join(cell(p) for p in only)}; {on})")
+    elif holds:
+        sentence = (f"the defence holds against the worst case too: least worst-case recovery "
+                    f"{100 * least[0]:.0f}% (eps {least[1]:g}) >= {100 * RECOVERY_MIN:g}% {on}")
+    else:
+        bad = [p for p in per_eps if not p["worst_holds"]]
+        sentence = (f"the worst case recovers less than {100 * RECOVERY_MIN:g}% at eps "
+                    f"{_eps_list(bad)}, where FGSM or LLCM already does too "
+                    f"({'; '.join(cell(p) for p in bad)}; {on})")
+    if c_holds is not None and not c_holds and holds:
+        sentence += "; (c) fails on the full test split's FGSM/LLCM numbers above"
+    return {"holds": holds,
+            "rule": f"as (c), with the worst case (correct clean and under every attack of "
+                    f"{', '.join(a.upper() for a in WORST_ATTACKS)} at that eps) in place of FGSM/LLCM: robust clean "
+                    f">= baseline clean - {100 * CLEAN_DROP_MAX:g} points and, at every eps, recovery >= "
+                    f"{100 * RECOVERY_MIN:g}% (undefined where the worst case costs the baseline nothing)",
+            "clean_drop": drop, "least_recovery": least[0], "per_eps": per_eps,
+            "only_paper_attacks": [p["eps"] for p in only], "sentence": sentence}

@@ -7,11 +7,35 @@ import json
 from recapfast.reproduction.paper import ATTACKS, MODEL_TITLES, MODELS, PAPER_ADVERSARIAL, PAPER_CLEAN, PAPER_SIZES
 from recapfast.data.splits import SPLIT_NAMES
 from recapfast.reporting.tables import _table, pct
+from recapfast.reporting.trust import masking_flags
 
 
 def _cell(ours: float | None, paper: float | None) -> str:
     o = "not run" if ours is None else pct(ours)
     return o if paper is None else f"{o} ({pct(paper)})"
+
+
+def _worst(sizes: dict, s) -> dict | None:
+    """The worst stage's record of size ``s`` (None: not run, e.g. a results.json from before that stage)."""
+    return (sizes.get(str(s)) or {}).get("worst")
+
+
+def _marks(sizes: dict, model: str, run_sizes) -> dict:
+    """{size: [flagged masking checks]} of ``model``, only the sizes where its checks flagged."""
+    out = {}
+    for s in run_sizes:
+        w = _worst(sizes, s)
+        flags = masking_flags(w["models"][model].get("masking")) if w else []
+        if flags:
+            out[s] = flags
+    return out
+
+
+def _mark_text(marks: dict) -> str:
+    """" (masking suspected: ...)" naming the checks (and the sizes), "" when no size flagged."""
+    if not marks:
+        return ""
+    return " (masking suspected: " + "; ".join(f"{', '.join(f)} at {s}x{s}" for s, f in marks.items()) + ")"
 
 
 def render_report(data: dict) -> str:
@@ -50,6 +74,7 @@ def render_report(data: dict) -> str:
              f"evaluated whole (the network ends in global average pooling)"] if tile and not cfg.get("models") else []),
           f"- measured quantities (FGSM/LLCM agreement, BIM-to-flip eps) on up to {cfg.get('measure_patches', 256)} "
           f"x (64/size)^2 (at least 16) test patches per size, half per class",
+          _worst_setup_line(sizes, run_sizes),
           f"- device: {machine['device']}" + (f" ({gpu})" if gpu else
                                               " - **no GPU was available: this is not a full-protocol run**"),
           ""]
@@ -60,8 +85,9 @@ def render_report(data: dict) -> str:
     L += ["## Table 1: accuracy of clean images", ""]
     head = ["image size"] + [f"{s}x{s}" for s in all_sizes]
     rows = []
+    marks = {m: _marks(sizes, m, run_sizes) for m in MODELS}
     for m in MODELS:
-        row = [MODEL_TITLES[m]]
+        row = [MODEL_TITLES[m] + _mark_text(marks[m])]
         for s in all_sizes:
             ours = sizes[str(s)]["numbers"][m]["clean"] if str(s) in sizes else None
             row.append(_cell(ours, PAPER_CLEAN[m].get(s)))
@@ -69,7 +95,7 @@ def render_report(data: dict) -> str:
     L += [_table(head, rows), ""]
 
     for number, m, title in ((2, "baseline", "Yang's method"), (3, "robust", "proposed method")):
-        L += [f"## Table {number}: detection accuracy of adversarial images, {title}", ""]
+        L += [f"## Table {number}: detection accuracy of adversarial images, {title}{_mark_text(marks[m])}", ""]
         head = ["size", "method"] + [f"eps={e:g}" for e in eps]
         rows = []
         for s in all_sizes:
@@ -78,7 +104,15 @@ def render_report(data: dict) -> str:
                 paper = PAPER_ADVERSARIAL[m].get(s, {}).get(a, [None] * len(eps))
                 rows.append([f"{s}x{s}" if a == ATTACKS[0] else "", a.upper()] +
                             [_cell(o, p) for o, p in zip(ours, paper)])
+            w = _worst(sizes, s)
+            label = f"worst case ({w['patches']} patches)" if w else "worst case"
+            ours = w["models"][m]["worst"] if w else [None] * len(eps)
+            rows.append(["", label + (f" (masking suspected: {', '.join(marks[m][s])})" if s in marks[m] else "")] +
+                        [_cell(o, None) for o in ours])
         L += [_table(head, rows), ""]
+        L += ["Worst case: correct when clean and under every attack of `recapfast eval --attack auto,llcm` "
+              "(FGSM > APGD > Square cascade, plus LLCM) at that eps, on the worst stage's test patches (see This "
+              "run; the paper did not run it); \"not run\": this run has no worst stage at that size.", ""]
 
     L += ["## Findings", "",
           "The paper's qualitative claims, checked on our numbers with these rules:", ""]
@@ -90,9 +124,18 @@ def render_report(data: dict) -> str:
     for k in "abcd":
         L.append(f"- ({k}) {names[k]}: holds when {any_f[k]['rule']}.")
     L += [""]
-    head = ["size"] + [f"({k})" for k in "abcd"]
-    rows = [[f"{s}x{s}"] + [("holds" if sizes[str(s)]["findings"][k]["holds"] else "**does not hold**")
-                            for k in "abcd"] for s in run_sizes]
+    any_w = next((_worst(sizes, s) for s in run_sizes if _worst(sizes, s)), None)
+    L.append("- (c) against the worst case: holds when " + (any_w["finding"]["rule"] if any_w else
+             "the same rule holds with the worst case in place of FGSM/LLCM (not run: this run has no worst stage)")
+             + ".")
+    L += [""]
+
+    def verdict(ok: bool) -> str:
+        return "holds" if ok else "**does not hold**"
+
+    head = ["size"] + [f"({k})" for k in "abcd"] + ["(c) worst case"]
+    rows = [[f"{s}x{s}"] + [verdict(sizes[str(s)]["findings"][k]["holds"]) for k in "abcd"] +
+            [verdict(_worst(sizes, s)["finding"]["holds"]) if _worst(sizes, s) else "not run"] for s in run_sizes]
     L += [_table(head, rows), ""]
     for s in run_sizes:
         L += [f"### {s}x{s}", ""]
@@ -101,6 +144,13 @@ def render_report(data: dict) -> str:
             L.append(f"- ({k}) {'holds' if f['holds'] else '**does not hold**'}: {f['detail']}.")
             if f["explanation"]:
                 L.append(f"  Measured: {f['explanation']}.")
+        w = _worst(sizes, s)
+        if w:
+            wf = w["finding"]
+            L.append(f"- (c) against the worst case {verdict(wf['holds'])}: {wf['sentence']}.")
+            L += _masking_lines(w)
+        else:
+            L.append("- (c) against the worst case: not run (no worst stage in this run).")
         meas = sizes[str(s)].get("measured")
         if meas:
             from recapfast.engine.flipdist import agreement_sentence, flip_sentence
@@ -113,7 +163,8 @@ def render_report(data: dict) -> str:
     L += ["## Plots", ""]
     for s in run_sizes:
         curve, grid = sizes[str(s)]["figures"]
-        L += [f"### {s}x{s}", "", "Accuracy vs eps (solid: ours; dashed: paper):", "",
+        L += [f"### {s}x{s}", "", "Accuracy vs eps (solid: ours; dashed: paper"
+              + ("; black: worst case on the worst stage's patches" if _worst(sizes, s) else "") + "):", "",
               f"![accuracy vs eps, {s}x{s}]({curve})", "",
               f"Fig. 2/5-style examples: the first original and the first recaptured test patch "
               f"({', '.join(f'`{n}`' for n in sizes[str(s)].get('grid_files') or [])}), clean and under FGSM/LLCM at eps "
@@ -165,3 +216,39 @@ def render_report(data: dict) -> str:
     L += [_table(head, rows), "", "A stage resumed after an interruption reports the time of the session "
                                   "that finished it.", ""]
     return "\n".join(L)
+
+
+def _worst_setup_line(sizes: dict, run_sizes) -> str:
+    done = [s for s in run_sizes if _worst(sizes, s)]
+    if not done:
+        return ("- worst case and gradient-masking checks (`recapfast eval --attack auto,llcm`): not run (this run "
+                "has no worst stage)")
+    w = _worst(sizes, done[0])
+    st = w["models"]["robust"].get("attack_settings") or {}
+    a, q = st.get("apgd", {}), st.get("square", {})
+    per = ", ".join(f"{_worst(sizes, s)['patches']} at {s}x{s}" for s in done)
+    missing = [s for s in run_sizes if s not in done]
+    return (f"- worst case: both models under `recapfast eval --attack auto,llcm` (FGSM > APGD-CE {a.get('steps')} "
+            f"steps, {a.get('restarts')} restart(s) > Square {q.get('queries')} queries, {q.get('restarts')} "
+            f"restart(s), plus LLCM; default strength) with its gradient-masking checks, on the measure stage's "
+            f"test patches (not the whole test split): {per}"
+            + (f"; not run at {', '.join(f'{s}x{s}' for s in missing)}" if missing else ""))
+
+
+def _masking_lines(w: dict) -> list[str]:
+    """The worst stage's gradient-masking checks of each model, as counted by `recapfast eval --attack auto`."""
+    out = []
+    for m in MODELS:
+        masking = w["models"][m].get("masking") or {}
+        flags = masking_flags(masking)
+        mult = masking.get("multiplicity") or {}
+        if flags:
+            fw = (f"; {mult['flagged_below_family_wise_threshold']} of the {mult['flagged_comparisons']} flagged "
+                  f"comparison(s) meet the Bonferroni family-wise threshold p < {mult['family_wise_threshold']:.3g}"
+                  if mult.get("comparisons") else "")
+            out.append(f"- {MODEL_TITLES[m]}: **masking suspected** ({', '.join(flags)}) on the worst stage's "
+                       f"{w['patches']} patches{fw}; its attack rows may overstate robustness.")
+        else:
+            out.append(f"- {MODEL_TITLES[m]}: no gradient-masking check flagged on the worst stage's {w['patches']} "
+                       f"patches.")
+    return out

@@ -4,12 +4,14 @@ Per patch size: data (synthesized, or ``data/<size>/{original,recaptured}``), a 
 per-class 40/10/50 train/val/test split (materialized as folders of relative symlinks, since
 ``train`` and ``evaluate_folder`` take folders), Yang's baseline and the robust model (eq. 5-7)
 trained with the paper's settings scaled by the flags, and Experiment 1/2 on the test split
-(clean accuracy; FGSM and LLCM at eps 1..5).  Then ``report.md``, ``results.json``, plots and
-a Fig. 2/5-style example grid.
+(clean accuracy; FGSM and LLCM at eps 1..5), and the worst case of both models under
+``recapfast eval --attack auto,llcm`` (FGSM > APGD > Square cascade plus LLCM, default strength) on the
+measure stage's test patches, with the eval's gradient-masking checks.  Then ``report.md``, ``results.json``,
+plots and a Fig. 2/5-style example grid.
 
 Resumable: every stage (``<size>/data``, ``<size>/split``, ``<size>/baseline``, ``<size>/robust``,
-``<size>/eval``, ``<size>/figures``) records its completion in ``OUT/state.json`` (written atomically);
-a rerun skips finished stages, and the training stages continue from their resume state.
+``<size>/eval``, ``<size>/worst``, ``<size>/measure``, ``<size>/figures``) records its completion in
+``OUT/state.json`` (written atomically); a rerun skips finished stages, and the training stages continue from their resume state.
 Bulky things (images, split folders, checkpoints) live under ``OUT/work/``, which ``OUT/.gitignore``
 excludes, so OUT itself stays small enough to commit.
 
@@ -33,7 +35,8 @@ from recapfast.data.folder import CLASS_NAMES, discover
 from recapfast.data.splits import data_manifest, materialize_split, split_samples
 from recapfast.io import atomic
 from recapfast.reproduction.paper import (ATTACKS, CLEAN_DROP_MAX, EPS, GRID_EPS, LOSS_FRACTION, MODELS, PAPER_ADVERSARIAL,
-                                       PAPER_CLEAN, RECOVERY_MIN, TIE_TOLERANCE, findings)
+                                       PAPER_CLEAN, RECOVERY_MIN, TIE_TOLERANCE, WORST_ATTACKS, findings,
+                                       worst_finding)
 from recapfast.reproduction.provenance import cli_command, git_commit, machine_info
 from recapfast.reproduction.config import ReproduceConfig, ReproduceError, RunState, prepare_out, write_json_atomic
 from recapfast.reproduction.report import render_report
@@ -104,6 +107,39 @@ def measure_patches(test_dir: Path, size: int, cap: int):
     items = [ds[i] for i in range(len(picks))]
     return (torch.cat([it.patches for it in items if it.patches is not None]),
             torch.tensor([it.label for it in items if it.patches is not None]))
+
+
+def subset_cap(size: int, cap: int) -> int:
+    """The test patches the measure and worst stages use at ``size``: ``cap`` at 64 px, scaled with the pixel
+    count (an attack at 512 px costs 64x one at 64 px), at least 16."""
+    return max(16, int(cap * (64 / size) ** 2))
+
+
+def worst_trust():
+    """The worst stage's attack settings: ``recapfast eval --attack auto``'s defaults (APGD-CE 100 steps, Square
+    1000 queries, one restart each, seed 0); the stage records them, and the report prints them."""
+    from recapfast.engine.trust import TrustConfig
+
+    return TrustConfig(cascade=True)
+
+
+def worst_case(model, x, y, eps: Sequence[float] = EPS, batch_size: int = 64) -> dict:
+    """``recapfast eval --attack auto,llcm`` (the default APGD and Square settings) on uint8 patches x [N, 3, S, S]:
+    the cascade FGSM > APGD > Square plus LLCM, the worst case (correct clean and under every attack at that eps)
+    and the eval's gradient-masking checks, on these patches only."""
+    from recapfast.engine.evaluate import Evaluator
+
+    t0 = time.perf_counter()
+    ev = Evaluator(model, eps, WORST_ATTACKS, trust=worst_trust())
+    for i in range(0, int(x.shape[0]), batch_size):
+        ev.update(x[i:i + batch_size], y[i:i + batch_size])
+    res = ev.result()
+    wc = res.worst_case
+    return {"patches": res.patches, "patches_per_class": res.patches_per_class, "clean": res.clean_accuracy,
+            **{a: [res.cell(a, e).accuracy for e in res.eps] for a in res.attacks},
+            "worst": [c["accuracy"] for c in wc["cells"]], "worst_correct": [c["correct"] for c in wc["cells"]],
+            "cascade": wc.get("cascade"), "masking": res.masking, "attack_settings": res.attack_settings,
+            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def grid_examples(models: dict, test_dir: Path, size: int, eps: Sequence[float] = GRID_EPS, device="cpu") -> dict:
@@ -254,18 +290,29 @@ def reproduce(
             from recapfast.engine.flipdist import measure
 
             # the cap scales with the pixel count (BIM at 512 px costs 64x 64 px), at least 16 patches
-            x, y = measure_patches(split_root / "test", size, max(16, int(config.measure_patches * (64 / size) ** 2)))
+            x, y = measure_patches(split_root / "test", size, subset_cap(size, config.measure_patches))
             return {m: measure(load_model(ckpts[m], device=device).eval(), x.to(device), y.to(device))
                     for m in MODELS}
+
+        def do_worst(size=size, split_root=split_root, ckpts=ckpts) -> dict:
+            from recapfast.models.checkpoint import load_model
+
+            # the measure stage's patches: its cap bounds the cost of APGD and Square (full strength) per size
+            x, y = measure_patches(split_root / "test", size, subset_cap(size, config.measure_patches))
+            models = {m: worst_case(load_model(ckpts[m], device=device).eval(), x.to(device), y.to(device), EPS,
+                                    config.eval_batch) for m in MODELS}
+            return {"patches": int(x.shape[0]), "cap": subset_cap(size, config.measure_patches),
+                    "attacks": list(WORST_ATTACKS), "models": models}
 
         def do_figures(size=size, split_root=split_root, ckpts=ckpts) -> dict:
             from recapfast.reporting import plots
             from recapfast.models.checkpoint import load_model
 
             ev = state.get(f"{size}/eval")["results"]
+            worst = state.get(f"{size}/worst") if state.done(f"{size}/worst") else None
             plot_dir = out / "plots"
             curve = plots.accuracy_vs_eps(size, ev, PAPER_CLEAN, PAPER_ADVERSARIAL, EPS,
-                                          plot_dir / f"accuracy_vs_eps_{size}.png")
+                                          plot_dir / f"accuracy_vs_eps_{size}.png", worst=worst)
             models = {m: load_model(ckpts[m], device=device).eval() for m in MODELS}
             ex = grid_examples(models, split_root / "test", size, GRID_EPS, device)
             grid = plots.example_grid(ex, size, plot_dir / f"examples_{size}.png")
@@ -274,7 +321,8 @@ def reproduce(
         data_steps += [(f"{size}/data", do_data), (f"{size}/split", do_split)]
         model_steps += [(f"{size}/baseline", lambda f=do_train: f("baseline")),
                         (f"{size}/robust", lambda f=do_train: f("robust")),
-                        (f"{size}/eval", do_eval), (f"{size}/measure", do_measure), (f"{size}/figures", do_figures)]
+                        (f"{size}/eval", do_eval), (f"{size}/worst", do_worst), (f"{size}/measure", do_measure),
+                        (f"{size}/figures", do_figures)]
     for name, fn in data_steps + model_steps:      # every size's data first, then the models
         if stage(name, fn):
             log(f"reproduce: stopped after {name} (rerun the same command to continue)")
@@ -296,11 +344,15 @@ def collect_results(state: RunState, device) -> dict:
     for size in cfg["sizes"]:
         ev = state.get(f"{size}/eval")["results"]
         numbers = {m: {"clean": ev[m]["clean_accuracy"], **{a: ev[m][a]["accuracy"] for a in ATTACKS}} for m in MODELS}
+        fs = findings(numbers, measured=state.get(f"{size}/measure"))
+        worst = dict(state.get(f"{size}/worst")) if state.done(f"{size}/worst") else None
+        if worst is not None:
+            worst["finding"] = worst_finding(worst, EPS, c_holds=fs["c"]["holds"])
         sizes[str(size)] = {
             "data": state.get(f"{size}/data"), "split": state.get(f"{size}/split"),
             "training": {m: {k: v for k, v in state.get(f"{size}/{m}").items()} for m in MODELS},
             "evaluation": ev, "numbers": numbers, "measured": state.get(f"{size}/measure"),
-            "findings": findings(numbers, measured=state.get(f"{size}/measure")),
+            "findings": fs, "worst": worst,
             "figures": state.get(f"{size}/figures")["plots"],
             "grid_files": state.get(f"{size}/figures").get("grid_files"),
         }
@@ -320,4 +372,5 @@ def collect_results(state: RunState, device) -> dict:
     }
 
 
-__all__ = ["ReproduceResult", "reproduce", "collect_results", "grid_examples", "measure_patches"]
+__all__ = ["ReproduceResult", "reproduce", "collect_results", "grid_examples", "measure_patches", "subset_cap",
+           "worst_case"]
