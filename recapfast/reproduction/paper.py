@@ -196,7 +196,7 @@ def worst_finding(worst: dict, eps: Sequence[float] = EPS, c_holds: bool | None 
     if c_holds is not None and not c_holds and holds:
         sentence += "; (c) fails on the full test split's FGSM/LLCM numbers above"
     return {"holds": holds,
-            "rule": f"as (c), with the worst case (correct clean and under every attack of "
+            "rule": f"the rule of (c) is met with the worst case (correct clean and under every attack of "
                     f"{', '.join(a.upper() for a in WORST_ATTACKS)} at that eps) in place of FGSM/LLCM: robust clean "
                     f">= baseline clean - {100 * CLEAN_DROP_MAX:g} points and, at every eps, recovery >= "
                     f"{100 * RECOVERY_MIN:g}% (undefined where the worst case costs the baseline nothing)",
