@@ -310,7 +310,7 @@ OPENCV_SKIPPED = (
 __all__ = ["Photo", "load_photos", "split_photos", "draw_region", "render_region", "sample_photo_paths",
            "linearize", "export_sample_photos", "export_scene_pool", "read_groups", "folder_prefixes",
            "SPLIT_NAMES", "MIN_SIDE", "HELDOUT_PHOTOS", "GROUPS_FILE", "OPENCV_DATA", "OPENCV_PHOTOS",
-           "OPENCV_HELDOUT_GROUPS", "OPENCV_SKIPPED"]
+           "OPENCV_HELDOUT_GROUPS", "OPENCV_SKIPPED", "main"]
 
 
 def export_scene_pool(out_dir, opencv_dir=None, log: Callable[[str], None] | None = None) -> dict:
@@ -381,13 +381,20 @@ def summary(out_dir, out: dict) -> str:
             f"{os.path.join(os.fspath(out_dir), 'heldout', 'original')}")
 
 
-if __name__ == "__main__":     # python -m recapfast.data.scenes OUT: export the scene pool
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m recapfast.data.scenes [OUT]`` (default ``photos``): export the scene pool, print one summary line."""
     import sys
 
-    _out = sys.argv[1] if len(sys.argv) > 1 else "photos"
+    argv = sys.argv[1:] if argv is None else list(argv)
+    out_dir = argv[0] if argv else "photos"
     try:
-        _res = export_scene_pool(_out, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except DataError as _err:
-        print(f"recapfast: {_err}", file=sys.stderr)
-        sys.exit(1)
-    print(summary(_out, _res))
+        res = export_scene_pool(out_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    except DataError as err:
+        print(f"recapfast: {err}", file=sys.stderr)
+        return 1
+    print(summary(out_dir, res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
