@@ -149,7 +149,7 @@ def test_export_without_opencv_doc(tmp_path, monkeypatch, capsys, samples):
     assert set(out["train"]) | set(out["heldout"]) == names
     assert set(out["heldout"]) == names & set(scenes.HELDOUT_PHOTOS)
     assert sorted(os.listdir(tmp_path / "pool" / "heldout" / "original")) == sorted(out["heldout"])
-    assert sorted(os.listdir(tmp_path / "pool" / "train")) == sorted(out["train"] + [scenes.GROUPS_FILE])
+    assert sorted(os.listdir(tmp_path / "pool" / "train")) == sorted(out["train"])         # no groups file
     assert scenes.export_sample_photos(tmp_path / "pool2") == {"train": out["train"], "heldout": out["heldout"]}
 
     # python -m recapfast.data.scenes OUT: the same, one message line and one summary line
@@ -158,6 +158,14 @@ def test_export_without_opencv_doc(tmp_path, monkeypatch, capsys, samples):
     cap = capsys.readouterr()
     assert cap.err.count("\n") == 1 and "apt-get install opencv-doc" in cap.err
     assert cap.out.count("\n") == 1 and cap.out.startswith(f"exported {len(names)} real photographs: ")
+    # --samples-only (the bundled models' pool): the samples, no message even with opencv-doc installed
+    monkeypatch.undo()
+    assert scenes.main(["--samples-only", str(tmp_path / "pool5")]) == 0
+    cap = capsys.readouterr()
+    assert cap.err == "" and cap.out.startswith(f"exported {len(names)} real photographs: ")
+    assert sorted(os.listdir(tmp_path / "pool5" / "train")) == sorted(out["train"])
+    assert scenes.main(["--bogus", str(tmp_path / "pool6")]) == 2
+    monkeypatch.setattr(scenes, "OPENCV_DATA", str(tmp_path / "no-opencv-doc"))
     monkeypatch.setattr(scenes, "sample_photo_paths", lambda: [])          # nothing at all: the DataError, exit 1
     assert scenes.main([str(tmp_path / "pool4")]) == 1
     assert "pip install scikit-image scikit-learn" in capsys.readouterr().err

@@ -318,8 +318,8 @@ def export_scene_pool(out_dir, opencv_dir=None, log: Callable[[str], None] | Non
     with :data:`GROUPS_FILE`) and OUT/heldout/original/ (never-recaptured photos held out from every
     training set, for checking that a detector calls real photographs original: a labelled folder for
     ``recapfast eval --tile``).  The pool: the scikit-image/scikit-learn samples plus
-    :data:`OPENCV_PHOTOS` from ``opencv_dir`` (default :data:`OPENCV_DATA`).  Without opencv-doc it
-    exports the samples and logs one line saying so.  Returns {"train": names, "heldout": names,
+    :data:`OPENCV_PHOTOS` from ``opencv_dir`` (default :data:`OPENCV_DATA`; ``""``: the samples only).
+    Without opencv-doc it exports the samples and logs one line saying so.  Returns {"train": names, "heldout": names,
     "groups": {group: names}, "missing": opencv files not found}; DataError when there is nothing to export."""
     from recapfast.io import atomic
 
@@ -330,9 +330,9 @@ def export_scene_pool(out_dir, opencv_dir=None, log: Callable[[str], None] | Non
     for path in sample_photo_paths():
         name = os.path.basename(path)
         files.append((path, name, None, name in HELDOUT_PHOTOS))
-    present = os.path.isdir(src_dir)
+    present = os.path.isdir(src_dir) if src_dir else None          # "": the samples only, no message
     missing = []
-    for name, group, _what in OPENCV_PHOTOS:
+    for name, group, _what in OPENCV_PHOTOS if src_dir else ():
         path = os.path.join(src_dir, name)
         if os.path.isfile(path):
             files.append((path, name, group, group in OPENCV_HELDOUT_GROUPS))
@@ -340,7 +340,7 @@ def export_scene_pool(out_dir, opencv_dir=None, log: Callable[[str], None] | Non
             missing.append(name)
     if not any(not held for _p, _n, _g, held in files):
         raise DataError("no sample photos found: pip install scikit-image scikit-learn (the test extra)")
-    if not present:
+    if present is False:
         log(f"recapfast: opencv-doc not found ({src_dir}): exported the scikit-image/scikit-learn photos only; "
             f"for the {len(OPENCV_PHOTOS)} OpenCV photos too: apt-get install opencv-doc")
     elif missing:
@@ -359,14 +359,15 @@ def export_scene_pool(out_dir, opencv_dir=None, log: Callable[[str], None] | Non
             out["groups"].setdefault(group, []).append(name)
     train = set(out["train"])
     groups = {g: v for g, v in out["groups"].items() if len(v) > 1 and set(v) <= train}
-    atomic.write_text(os.path.join(out_dir, "train", GROUPS_FILE), json.dumps(groups, indent=1, sort_keys=True),
-                      mkdir=True, durable=False)
+    if groups:
+        atomic.write_text(os.path.join(out_dir, "train", GROUPS_FILE), json.dumps(groups, indent=1, sort_keys=True),
+                          mkdir=True, durable=False)
     return out
 
 
 def export_sample_photos(out_dir) -> dict[str, list[str]]:
-    """The scikit-image/scikit-learn samples only (the pool without OpenCV's photos): {"train", "heldout"} names."""
-    out = export_scene_pool(out_dir, opencv_dir=os.path.join(os.fspath(out_dir), ".no-opencv-doc"))
+    """The scikit-image/scikit-learn samples only (the pool of the bundled models' data): {"train", "heldout"} names."""
+    out = export_scene_pool(out_dir, opencv_dir="")
     return {"train": out["train"], "heldout": out["heldout"]}
 
 
@@ -382,13 +383,23 @@ def summary(out_dir, out: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m recapfast.data.scenes [OUT]`` (default ``photos``): export the scene pool, print one summary line."""
+    """``python -m recapfast.data.scenes [--samples-only] [OUT]`` (default ``photos``): export the scene pool
+    (``--samples-only``: the 15 scikit samples, the pool of the bundled models' data), print one summary line."""
     import sys
 
     argv = sys.argv[1:] if argv is None else list(argv)
-    out_dir = argv[0] if argv else "photos"
+    samples_only = "--samples-only" in argv
+    rest = [a for a in argv if a != "--samples-only"]
+    if len(rest) > 1 or any(a.startswith("-") for a in rest):
+        print("usage: python -m recapfast.data.scenes [--samples-only] [OUT]", file=sys.stderr)
+        return 2
+    out_dir = rest[0] if rest else "photos"
     try:
-        res = export_scene_pool(out_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+        if samples_only:
+            res = export_scene_pool(out_dir, opencv_dir="")
+            res["missing"] = []
+        else:
+            res = export_scene_pool(out_dir, log=lambda msg: print(msg, file=sys.stderr, flush=True))
     except DataError as err:
         print(f"recapfast: {err}", file=sys.stderr)
         return 1
