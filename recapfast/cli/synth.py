@@ -20,8 +20,9 @@ def synth_command(
                                              help="Probability of a JPEG stage in each capture.")] = 0.3,
     generator: Annotated[str, typer.Option("--generator", help="v3 (physical recapture optics, subtle traces) "
                                            "or v2 (the earlier generator).")] = "v3",
-    scenes: Annotated[Optional[Path], typer.Option("--scenes", help="Folder of real photographs used as scenes "
-                                                   "(v3); output is split by source photo into train/val/test.")] = None,
+    scenes: Annotated[Optional[list[Path]], typer.Option("--scenes", help="Folder of real photographs used as "
+                                                         "scenes (v3; repeat for several folders, one pool); output "
+                                                         "is split by source photo into train/val/test.")] = None,
     split: Annotated[str, typer.Option("--split", help="Train/val/test fractions of the photos and images "
                                        "(with --scenes).")] = "0.8,0.1,0.1",
     procedural: Annotated[float, typer.Option("--procedural", min=0.0, max=1.0, help="Share of images with "
@@ -47,9 +48,9 @@ def synth_command(
     bar, advance = progress_bar(console, 2 * count, "synth")
     with lock_outputs(out), bar:
         manifest = synthesize(out, size=size, count=count, seed=seed, workers=workers, jpeg_prob=jpeg_prob,
-                              progress=advance, generator=generator, scenes_dir=scenes, split=fractions,
+                              progress=advance, generator=generator, scenes_dir=list(scenes) if scenes else None, split=fractions,
                               procedural=procedural, direct=direct, log=log)
-    where = f"{out}" if scenes is None else ", ".join(
+    where = f"{out}" if not scenes else ", ".join(
         f"{out / k} ({v['count']} + {v['count']}, {len(v['photos'])} photos)" for k, v in manifest["splits"].items())
     typer.echo(f"wrote {2 * count} images ({count} original + {count} recaptured, {size}x{size}, "
                f"{manifest['generator']}) to {where}; manifest {Path(out) / 'manifest.json'} (seed {manifest.get('seed', seed)})")

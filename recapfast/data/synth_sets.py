@@ -92,7 +92,8 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
                scenes_dir=None, split: Sequence[float] = (0.8, 0.1, 0.1), procedural: float = 0.5,
                direct: float = 0.6, log: Callable[[str], None] | None = None) -> dict:
     """Write ``count`` originals and ``count`` recaptures (per class; split over train/val/test when
-    ``scenes_dir`` is given) and ``manifest.json``; returns the manifest.  Raises FileExistsError if a
+    ``scenes_dir`` is given: a folder, or a list of folders forming one pool) and ``manifest.json``;
+    returns the manifest.  Raises FileExistsError if a
     class folder already holds files, DataError on a bad argument or a scene folder without photos."""
     size, count, seed = int(size), int(count), int(seed)
     if generator not in GENERATORS:
@@ -135,9 +136,13 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
         _check_out(out, [out / n / c for n in names for c in CLASS_DIRS])
         photos, arrays, skipped = scene_io.load_photos(scenes_dir, log=log)
         parts = scene_io.split_photos(photos, split, seed)
-        manifest.update(scenes={"folder": os.path.basename(os.path.normpath(os.fspath(scenes_dir))),
+        folders = list(scenes_dir) if isinstance(scenes_dir, (list, tuple)) else [scenes_dir]
+        folder = (os.path.basename(os.path.normpath(os.fspath(folders[0]))) if len(folders) == 1
+                  else scene_io.folder_prefixes(folders))
+        manifest.update(scenes={"folder": folder,
                                 "procedural_share": procedural, "direct_original_share": direct,
-                                "photos": [{"name": p.name, "sha256": p.sha256, "width": p.width, "height": p.height}
+                                "photos": [{"name": p.name, "sha256": p.sha256, "width": p.width, "height": p.height,
+                                            **({} if p.group is None else {"group": p.group})}
                                            for p in photos],
                                 "skipped": [{"name": n, "reason": r} for n, r in skipped],
                                 "split_fractions": list(split)},
