@@ -68,7 +68,7 @@ def test_end_to_end_outputs(tiny_run):
         assert 0.0 <= numbers[model]["clean"] <= 1.0
         assert len(numbers[model]["fgsm"]) == len(numbers[model]["llcm"]) == 5
     assert set(data["sizes"]["32"]["findings"]) == set("abcd")
-    assert data["sizes"]["32"]["data"]["generator"] == "recapfast.synth/3"
+    assert data["sizes"]["32"]["data"]["generator"] == "recapfast.synth/3.1"
     meas = data["sizes"]["32"]["measured"]["baseline"]
     assert meas["patches"] == 16 and meas["clean_correct"] + meas["clean_wrong"] == 16
     assert sum(meas["bim_flip_eps_histogram"].values()) == meas["clean_correct"]

@@ -51,16 +51,36 @@ PINNED_PIXELS = {
 }
 
 
-@GENERATORS
-def test_fixed_seed_images_are_unchanged(generator):
+# recapfast.synth/3.1 uses each scene's first-camera capture directly in both classes (the default since 3.1);
+# v3's pin above is the scene seen by the simulated cameras (synth3._PLAIN_PROCEDURAL), unchanged by 3.1.
+# 3.1's pin was measured on an AMD EPYC only: on another CPU family an unknown hash skips with the hash to check
+# and add (v2 showed that float32 pipelines can differ there), on AMD it fails.
+PINNED_V31 = ("5288a907d8c4c19b5111f64ad62cd59532c8f3207571f7f81727460b27ed84f4",)
+
+
+def _digest(generator, **kwargs) -> str:
     digest = hashlib.sha256()
     for size in (32, 37):
         for label in (0, 1):
             for index in range(3):
-                img, _ = generator.render_indexed(size, label, index, seed=9)
+                img, _ = generator.render_indexed(size, label, index, seed=9, **kwargs)
                 digest.update(img.tobytes())
-    version = "v2" if generator is synth else "v3"
-    assert digest.hexdigest() in PINNED_PIXELS[version], f"{generator.GENERATOR_VERSION} renders other images"
+    return digest.hexdigest()
+
+
+@GENERATORS
+def test_fixed_seed_images_are_unchanged(generator):
+    if generator is synth:
+        assert _digest(synth) in PINNED_PIXELS["v2"], f"{synth.GENERATOR_VERSION} renders other images"
+        return
+    assert _digest(synth3, scenes=synth3._PLAIN_PROCEDURAL) in PINNED_PIXELS["v3"], "v3's plain captures changed"
+    got = _digest(synth3)
+    if got not in PINNED_V31:
+        with open("/proc/cpuinfo") as fh:
+            amd = "AuthenticAMD" in fh.read()
+        if not amd:
+            pytest.skip(f"recapfast.synth/3.1 was pinned on AMD only; this CPU renders {got}: check and add it")
+    assert got in PINNED_V31, f"{synth3.GENERATOR_VERSION} renders other images ({got})"
 
 
 @pytest.mark.parametrize("size", [64, 80, 37])

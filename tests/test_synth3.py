@@ -20,7 +20,7 @@ SIZE = 64
 def test_v3_synthesize_layout_and_parallel_equals_serial(tmp_path):
     a = synthesize(tmp_path / "a", size=32, count=6, seed=5, workers=1)
     b = synthesize(tmp_path / "b", size=32, count=6, seed=5, workers=2)
-    assert a["generator"] == synth3.GENERATOR_VERSION == "recapfast.synth/3"
+    assert a["generator"] == synth3.GENERATOR_VERSION == "recapfast.synth/3.1"
     assert [f["sha256"] for f in a["files"]] == [f["sha256"] for f in b["files"]]
     img, _ = synth3.render_indexed(32, 1, 4, seed=5)
     with Image.open(tmp_path / "a" / "recaptured" / "000004.png") as im:
@@ -149,3 +149,50 @@ def test_scenes_with_broken_and_odd_files(tmp_path):
     assert "no usable photograph" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["synth", str(tmp_path / "out3"), "--scenes", str(tmp_path / "missing"), "--count", "2"])
     assert res.exit_code == 1 and "no such folder" in res.output
+
+
+# ------------------------------------------------------------------------------------------
+# photos used directly in both classes (recapfast.synth/3.1)
+# ------------------------------------------------------------------------------------------
+
+def _photo_source(photo_dir, names=None):
+    photos, arrays, _ = scenes.load_photos(photo_dir)
+    keep = [i for i, p in enumerate(photos) if names is None or p.name in names]
+    return synth3.SceneSource([arrays[i] for i in keep], [photos[i].name for i in keep], procedural=0.0, direct=1.0)
+
+
+def test_a_recapture_of_a_photo_carries_the_histogram_of_what_it_showed(photo_dir):
+    """Without the JPEG stage the recapture is rank matched to the very crop it showed: per channel, the same
+    multiset of values as the original drawn with the same parameters (both classes draw identically)."""
+    src = _photo_source(photo_dir)
+    for i in range(4):
+        rec, rp = synth3.render(48, True, np.random.default_rng([7, i]), jpeg_prob=0.0, scenes=src)
+        org, op = synth3.render(48, False, np.random.default_rng([7, i]), jpeg_prob=0.0, scenes=src)
+        assert rp["shown"] == "the original's own pixels" and op["scene"]["kind"] == "photo, used directly"
+        assert rp["scene"] == op["scene"]
+        for c in range(3):
+            assert np.array_equal(np.sort(rec[..., c], axis=None), np.sort(org[..., c], axis=None))
+        assert not np.array_equal(rec, org)                   # the display and the second camera left a trace
+
+
+def test_a_greyscale_photo_gives_greyscale_images_in_both_classes(tmp_path):
+    d = tmp_path / "grey"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    base = rng.integers(0, 256, (40, 40), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+    Image.fromarray(base).save(d / "grey.png")
+    src = _photo_source(d)
+    for label in (0, 1):
+        for i in range(3):
+            img, _ = synth3.render(32, bool(label), np.random.default_rng([3, label, i]), jpeg_prob=0.5, scenes=src)
+            assert np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
+
+
+def test_photo_world_global_statistics_do_not_separate_the_classes(photo_dir, tmp_path):
+    n = 200
+    synthesize(tmp_path / "ds", size=SIZE, count=n, seed=2026, workers=2, scenes_dir=photo_dir,
+               split=(1.0, 0.0, 0.0), procedural=0.0, direct=1.0)
+    x, y = _read_interleaved(tmp_path / "ds" / "train", n)
+    acc = _logistic_regression_accuracy(_global_statistics(x), y, n_train=len(y) // 2)
+    print(f"\nv3.1 photos: logistic regression on global statistics: held-out accuracy {acc:.3f}")
+    assert acc <= 0.65

@@ -26,9 +26,10 @@ def synth_command(
     split: Annotated[str, typer.Option("--split", help="Train/val/test fractions of the photos and images "
                                        "(with --scenes).")] = "0.8,0.1,0.1",
     procedural: Annotated[float, typer.Option("--procedural", min=0.0, max=1.0, help="Share of images with "
-                                              "procedural scenes (with --scenes).")] = 0.5,
-    direct: Annotated[float, typer.Option("--direct", min=0.0, max=1.0, help="Share of photo-scene ORIGINALS "
-                                          "that are the photo itself (a crop), not a simulated capture.")] = 0.6,
+                                              "procedural scenes (with --scenes).")] = 0.0,
+    direct: Annotated[float, typer.Option("--direct", min=0.0, max=1.0, help="Share of photo-scene images that use "
+                                          "the photo itself: the original is its pixels, the recapture shows them "
+                                          "(the rest: simulated captures of the photo as a scene).")] = 1.0,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=MAX_WORKERS, help="Generator processes.")] = None,
     quiet: QuietOpt = False,
 ) -> None:

@@ -174,9 +174,11 @@ def split_photos(photos: Sequence[Photo], fractions: Sequence[float], seed: int)
     return out
 
 
-def draw_region(rng: np.random.Generator, width: int, height: int, min_side: float) -> dict:
-    """A random square region of a photo: side log-uniform in [min(min_side, short side), short side]."""
-    short = min(width, height)
+def draw_region(rng: np.random.Generator, width: int, height: int, min_side: float,
+                max_side: float | None = None) -> dict:
+    """A random square region of a photo: side log-uniform in [min(min_side, s), s], s the short side
+    (or ``max_side`` when it is smaller)."""
+    short = min(width, height) if max_side is None else max(1.0, min(width, height, float(max_side)))
     lo = min(float(min_side), float(short))
     side = float(math.exp(rng.uniform(math.log(lo), math.log(short)))) if short > lo else float(short)
     return {"x0": float(rng.uniform(0.0, width - side)), "y0": float(rng.uniform(0.0, height - side)),

@@ -18,10 +18,22 @@ Scenes
     square region of a real photograph (``recapfast.data.scenes``: side log-uniform between the resolution
     the display and the plain capture's fine grid need and the photo's short side, so photos are not
     enlarged when they are large enough; mirror flip 50 %).
-    With photo scenes, a share ``direct`` of the ORIGINALS are the photograph itself (a random square
-    crop, side log-uniform from the patch size, i.e. native pixels, to the short side, area-averaged
-    to the patch): real camera output is what an original is, and a detector trained only on
-    simulated captures has never seen it.  The rest of the originals are plain captures.
+    With photo scenes, a share ``direct`` of the images (default 1.0: ``recapfast synth --direct``) use
+    the photograph ITSELF: a photograph is already a camera's output, so the original is its own pixels
+    (a random square crop, side log-uniform from the patch size, native pixels, to ``DIRECT_MAX_SCALE``
+    times it, area-averaged to the patch) and the recapture SHOWS those pixels on the display and
+    photographs them.  The two classes then differ by the display and the recapturing camera alone:
+    * source spread (:func:`_source_variation`, both classes): photographs differ in sharpness and
+      noise, so the crop gets a blur (p 0.5, sigma U(0.3, 1.2) px) and noise (p 0.5, sigma U(0.5, 3)
+      grey levels) before it is an original or is shown;
+    * the recapture's 8-bit output is rank matched per channel to the crop it showed (global statistics
+      equal an original's), a greyscale photo's recapture is stored greyscale, and both classes are
+      stored as JPEG with the same camera draw (probability ``jpeg_prob``, same quality range).
+    Procedural scenes are treated the same way (:func:`_captured_scene`): the first camera's capture of the
+    scene at the patch size is the "photograph" whose pixels the original is and the recapture shows.
+    The rest of the images (``direct`` < 1) render the photo as a scene seen by the simulated cameras:
+    the original a plain capture, the recapture a displayed capture (itself a second capture of a
+    camera's output, so detectors learn to call such "originals" recaptured: docs/training.md).
 
 Framing: s = display pixels per sensor pixel
     s = W_disp / (W_img * c): a displayed picture W_disp display px wide, log-uniform in
@@ -81,10 +93,11 @@ import math
 import numpy as np
 
 from recapfast.data import scenes as scene_io
-from recapfast.data.synth_optics import _blur, _draw_camera, _expose, _f, _match_histograms, _sensor_and_finish
+from recapfast.data.synth_optics import (_blur, _draw_camera, _expose, _f, _jpeg_roundtrip, _match_histograms,
+                                        _sensor_and_finish)
 from recapfast.data.synth_scene import _draw_scene, _render_scene
 
-GENERATOR_VERSION = "recapfast.synth/3"
+GENERATOR_VERSION = "recapfast.synth/3.1"   # 3.1: photos used directly in BOTH classes (3: originals only)
 CLASS_DIRS = ("original", "recaptured")
 SIGN_PATTERN_ENERGY = math.sqrt(math.pi) / 2.0   # mean |F| / sqrt(N) of an i.i.d. +-1 pattern
 # Documented bound on the mean trace energy of v3 recaptures at 64 px (grey levels; tested): about
@@ -92,6 +105,7 @@ SIGN_PATTERN_ENERGY = math.sqrt(math.pi) / 2.0   # mean |F| / sqrt(N) of an i.i.
 # capture by its recapturing camera: mean 8.3 over 30 scenes).  v3's measured value is in docs/training.md.
 TRACE_ENERGY_BOUND = 2.7
 _F32 = np.float32
+DIRECT_MAX_SCALE = 1.25      # a photo's own pixels: native (1x) to 1.25x area-averaged, log-uniform
 _PLAIN_Q = 2                                      # fine samples per sensor px of a plain capture
 
 
@@ -263,6 +277,51 @@ def _recapture_irradiance(shown: np.ndarray, disp: dict, geo: dict, opt: dict, s
 # scenes
 # --------------------------------------------------------------------------------------------
 
+def _encode(lin: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(lin ** _F32(1 / 2.2) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _is_grey(img: np.ndarray) -> bool:
+    return bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
+
+
+def _store(img: np.ndarray, quality: int | None) -> np.ndarray:
+    """The camera's storage: JPEG at ``quality`` (None: lossless); a greyscale image is stored greyscale."""
+    if quality is None:
+        return img
+    return _jpeg_grey(img, quality) if _is_grey(img) else _jpeg_roundtrip(img, quality)
+
+
+def _jpeg_grey(img: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img[..., 0]), "L").save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.repeat(np.asarray(im, dtype=np.uint8)[..., None], 3, 2)
+
+
+def _source_variation(img: np.ndarray, seed: int) -> tuple[np.ndarray, dict]:
+    """Photographs differ in sharpness and noise; an original and the picture a recapture shows carry the same
+    spread, so neither is a class cue: with probability 0.5 a Gaussian blur of sigma U(0.3, 1.2) px, with
+    probability 0.5 Gaussian noise of sigma U(0.5, 3) grey levels.  Drawn from ``seed`` alone."""
+    rng = np.random.default_rng([int(seed), 31])
+    blur = float(rng.uniform(0.3, 1.2)) if rng.random() < 0.5 else 0.0
+    noise = float(rng.uniform(0.5, 3.0)) if rng.random() < 0.5 else 0.0
+    x = img.astype(_F32)
+    if blur > 0:
+        x = _blur(x, blur)
+    if noise > 0:
+        x = x + _F32(noise) * rng.standard_normal(x.shape, dtype=_F32)
+        if _is_grey(img):
+            x = np.repeat(x[..., :1], 3, 2)
+    out = np.clip(np.rint(x), 0, 255).astype(np.uint8)
+    return out, {"source_blur_px": _f(blur), "source_noise": _f(noise)}
+
+
 class SceneSource:
     """Where scenes come from: procedural dead leaves and/or regions of real photographs.
 
@@ -289,19 +348,21 @@ class SceneSource:
         # The plain capture renders the region at _PLAIN_Q samples per sensor px (about _PLAIN_Q * d / s
         # samples): a smaller region would be enlarged (bicubic), i.e. blurred in the plain captures only.
         region = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], max(d, _PLAIN_Q * 1.15 * size + 8))
-        own = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], size)
+        own = scene_io.draw_region(rng, photo.shape[1], photo.shape[0], size, DIRECT_MAX_SCALE * size)
         desc = {"kind": "photo", "photo": self.names[idx], **{k: (_f(v) if isinstance(v, float) else v)
                                                              for k, v in region.items()}}
 
-        def direct():
-            lin = scene_io.render_region(photo, own, size)
-            return np.clip(np.rint(lin ** _F32(1 / 2.2) * 255.0), 0, 255).astype(np.uint8), \
-                {"kind": "photo, used directly", "photo": self.names[idx],
-                 **{k: (_f(v) if isinstance(v, float) else v) for k, v in own.items()}}
+        def direct(seed: int):
+            """The photo's own pixels over region ``own`` at the patch size, as a camera of random sharpness
+            and noise stored them (:func:`_source_variation`): what an original is, and what a recapture shows."""
+            img, var = _source_variation(_encode(scene_io.render_region(photo, own, size)), seed)
+            return img, {"kind": "photo, used directly", "photo": self.names[idx], **var,
+                         **{k: (_f(v) if isinstance(v, float) else v) for k, v in own.items()}}
         return (lambda n: scene_io.render_region(photo, region, n)), desc, direct
 
 
-PROCEDURAL = SceneSource()
+PROCEDURAL = SceneSource(direct=1.0)     # procedural-only sets: the first camera's capture, used directly
+_PLAIN_PROCEDURAL = SceneSource()         # trace_energy's definition: recapture vs plain capture of one scene
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,16 +376,33 @@ def _draw_all(size: int, rng: np.random.Generator, scenes: SceneSource, jpeg_pro
     geo["display_px"] = d
     render, scene, direct = scenes.draw(rng, size, d)
     use_direct = bool(rng.random() < scenes.direct)
-    return {"geo": geo, "render": render, "scene": scene, "direct": direct if use_direct else None,
-            "cam1": _draw_camera(rng, jpeg_prob),
-            "cam": _draw_camera(rng, jpeg_prob), "optics": _draw_optics(rng), "display": _draw_display(rng),
-            "noise_seed": int(rng.integers(0, 2 ** 63 - 1)), "d": d}
+    p = {"geo": geo, "render": render, "scene": scene, "direct": direct if use_direct else None,
+         "cam1": _draw_camera(rng, jpeg_prob),
+         "cam": _draw_camera(rng, jpeg_prob), "optics": _draw_optics(rng), "display": _draw_display(rng),
+         "noise_seed": int(rng.integers(0, 2 ** 63 - 1)), "d": d}
+    if use_direct and direct is None:
+        p["direct"] = _captured_scene(p, size)
+    return p
+
+
+def _captured_scene(p: dict, size: int):
+    """A procedural scene's "photograph": the first camera's capture of it at the patch size (same optics draw,
+    its own noise field, its JPEG), with the source spread; used like a real photo's pixels in both classes."""
+    def direct(seed: int):
+        irr = _expose(_plain_irradiance(p["render"], p["d"], p["geo"], p["optics"], size), p["cam1"])
+        img = _sensor_and_finish(irr, p["cam1"], np.random.default_rng([int(seed), 17]))
+        img, var = _source_variation(img, seed)
+        return img, {**p["scene"], "used": "first camera's capture, directly", **var}
+    return direct
 
 
 def _render_drawn(size: int, recaptured: bool, p: dict, rng: np.random.Generator, with_plain: bool = False):
     if not recaptured and p["direct"] is not None:
-        img, scene = p["direct"]()
-        return img, {"class": "original", "size": size, "scene": scene}, None
+        img, scene = p["direct"](p["noise_seed"])
+        img = _store(img, p["cam"]["jpeg_quality"])  # stored as JPEG as often, and as hard, as a recapture
+        return img, {"class": "original", "size": size, "scene": scene, "jpeg_quality": p["cam"]["jpeg_quality"]}, None
+    if recaptured and p["direct"] is not None and not with_plain:
+        return _recapture_photo(size, p, rng)
     plain = _plain_irradiance(p["render"], p["d"], p["geo"], p["optics"], size)
     plain = _expose(plain, p["cam"])
     noise = lambda: np.random.default_rng(p["noise_seed"])  # noqa: E731 - one noise field per image
@@ -337,6 +415,30 @@ def _render_drawn(size: int, recaptured: bool, p: dict, rng: np.random.Generator
     img = _sensor_and_finish(irr, p["cam"], noise())
     ref = _sensor_and_finish(plain, p["cam"], noise()) if with_plain else None
     return img, {"class": "recaptured", **params, "camera1": p["cam1"], "display": p["display"]}, ref
+
+
+def _recapture_photo(size: int, p: dict, rng: np.random.Generator):
+    """A recapture of the photograph itself: the photo's pixels over the direct original's region are shown
+    on the display and photographed; the result is rank matched per channel to the direct crop of the same
+    region (so global statistics equal an original's) before the recapturing camera's JPEG stage."""
+    ref, scene = p["direct"](p["noise_seed"])
+    from PIL import Image
+
+    shown = np.asarray(Image.fromarray(ref, "RGB").resize((p["d"], p["d"]), Image.Resampling.BICUBIC))
+    irr = _recapture_irradiance(shown, p["display"], p["geo"], p["optics"], size)
+    irr = _expose(irr, p["cam"])
+    cam = dict(p["cam"], jpeg_quality=None)
+    img = _sensor_and_finish(irr, cam, np.random.default_rng(p["noise_seed"]))
+    if _is_grey(ref):
+        # a greyscale photograph's recapture is stored greyscale too (else "exactly grey" marks originals)
+        luma = np.rint(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+        img = np.repeat(_match_histograms(luma, ref[..., :1].astype(np.float32), rng).astype(np.uint8), 3, 2)
+    else:
+        img = _match_histograms(img.astype(np.float32), ref.astype(np.float32), rng).astype(np.uint8)
+    img = _store(img, p["cam"]["jpeg_quality"])
+    params = {"size": size, "scene": scene, "camera": p["cam"], "optics": p["optics"], "geometry": p["geo"],
+              "display": p["display"], "shown": "the original's own pixels"}
+    return img, {"class": "recaptured", **params}, None
 
 
 def render(size: int, recaptured: bool, rng: np.random.Generator, *, jpeg_prob: float = 0.3,
@@ -380,9 +482,9 @@ def trace_energy(size: int, count: int, seed: int = 0, jpeg_prob: float = 0.0,
     rec, orig = [], []
     for i in range(int(count)):
         img, _, plain = render_pair(size, True, np.random.default_rng([seed, 1, i]), jpeg_prob=jpeg_prob,
-                                    scenes=scenes)
+                                    scenes=scenes or _PLAIN_PROCEDURAL)
         rec.append(spectral_difference(img, plain))
-        p = _draw_all(size, np.random.default_rng([seed, 0, i]), scenes or PROCEDURAL, jpeg_prob)
+        p = _draw_all(size, np.random.default_rng([seed, 0, i]), scenes or _PLAIN_PROCEDURAL, jpeg_prob)
         a, _, _ = _render_drawn(size, False, p, None)
         p["noise_seed"] = p["noise_seed"] ^ 0x5DEECE66D
         b, _, _ = _render_drawn(size, False, p, None)

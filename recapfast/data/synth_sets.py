@@ -7,13 +7,11 @@ by SOURCE PHOTO into train/val/test (``split`` fractions) and each split is its 
 ``OUT/<split>/{original,recaptured}/``, with ``count x fraction`` images per class, its own RNG
 stream ``[seed, 1000 + split index, class, i]`` and ``OUT/manifest.json`` listing which photos went
 where; a share ``procedural`` of each split's images uses procedural scenes instead of photos.
-Originals of photo scenes are, with probability ``direct`` (default 0.6), the photograph itself (a
-random crop, area-averaged to the patch size: real camera output), otherwise a plain capture of the scene by
-the simulated camera (itself a second capture of a camera's output, which detectors learn to call
-recaptured); recaptures always go through the display and the recapturing camera.  The share is a
-trade-off, measured on the bundled models' data (docs/training.md): direct photos keep the photo's own histograms,
-while recaptures are matched to a simulated capture, so at 1.0 a logistic regression on global statistics
-separated the classes at 69% (limit 65%); at 0.6, 60%.
+A share ``direct`` (default 1.0) of the photo-scene images use the photograph itself in both classes:
+the original is its pixels, the recapture shows those pixels on the display and photographs them
+(``recapfast.data.synth3``, generator ``recapfast.synth/3.1``); the rest render the photo as a scene seen by
+the simulated cameras (a plain capture as the original, which detectors learn to call recaptured: it is itself a
+second capture of a camera's output; docs/training.md).  ``procedural`` defaults to 0: real photographs only.
 """
 from __future__ import annotations
 
@@ -40,7 +38,8 @@ _WORKER: dict = {}
 def _init_worker(photos, names, procedural, direct=0.0):
     from recapfast.data.synth3 import SceneSource
 
-    _WORKER["scenes"] = SceneSource(photos, names, procedural, direct) if photos is not None else None
+    _WORKER["scenes"] = SceneSource(photos, names, procedural, direct) if photos is not None \
+        else SceneSource(direct=direct)
 
 
 def _render(job: tuple):
@@ -89,8 +88,8 @@ def _run(jobs: list, workers: int, init_args: tuple, progress) -> dict:
 
 def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, workers: int | None = None,
                jpeg_prob: float = 0.3, progress: Callable[[int], None] | None = None, generator: str = "v3",
-               scenes_dir=None, split: Sequence[float] = (0.8, 0.1, 0.1), procedural: float = 0.5,
-               direct: float = 0.6, log: Callable[[str], None] | None = None) -> dict:
+               scenes_dir=None, split: Sequence[float] = (0.8, 0.1, 0.1), procedural: float = 0.0,
+               direct: float = 1.0, log: Callable[[str], None] | None = None) -> dict:
     """Write ``count`` originals and ``count`` recaptures (per class; split over train/val/test when
     ``scenes_dir`` is given: a folder, or a list of folders forming one pool) and ``manifest.json``;
     returns the manifest.  Raises FileExistsError if a
@@ -126,7 +125,7 @@ def synthesize(out_dir, size: int = 64, count: int = 1000, seed: int = 0, worker
             (out / c).mkdir(parents=True, exist_ok=True)
         jobs = [(str(out), f"{CLASS_DIRS[label]}/{i:06d}.png", size, label, (seed, label, i), float(jpeg_prob), "v3")
                 for i in range(count) for label in (0, 1)]
-        res = _run(jobs, workers, (None, None, 1.0), progress)
+        res = _run(jobs, workers, (None, None, 1.0, direct), progress)
         manifest.update(rng="numpy.random.default_rng([seed, label, index])", scenes="procedural",
                         files=[res[j[1]] for j in sorted(jobs, key=lambda j: (j[3], j[1]))])
     else:
