@@ -55,7 +55,7 @@ def eval_command(
     from recapfast.io.lock import lock_outputs
     from recapfast.metrics import METRIC_LEVELS
     from recapfast.validate import check_step_size, distinct_outputs, output_dir, output_outside
-    from ._models import load_cli_model, parse_attack_eps, trust_config
+    from ._models import load_cli_model, parse_attack_eps, trust_config, weights_sha256
 
     if metrics not in METRIC_LEVELS:
         raise typer.BadParameter(f"{metrics!r}: choose from {', '.join(METRIC_LEVELS)}", param_hint="--metrics")
@@ -98,6 +98,7 @@ def eval_command(
             raise DataError(f"{data}: no file could be used; {len(result.errors)} skipped{first}")
         if not dist_info.is_main:
             return
+        result.model_sha256 = weights_sha256(detector)
         for path, text in ((json_out, result.to_json), (csv_out, result.to_csv), (md_out, result.to_markdown)):
             if path is not None:
                 write_text_atomic(path, text())

@@ -81,6 +81,9 @@ class EvalResult:
     # Patches whose clean logits held NaN or Inf (after the first batch, which must be finite): left out of every
     # count above, so they never become accuracies.
     nonfinite: int = 0
+    # sha256 of the weights file evaluated (--weights, a .safetensors / .pt2 --model, or a bundled name's file);
+    # None for a model that is not one file.  Lets committed numbers be tied to the weights they came from.
+    model_sha256: str | None = None
 
     @property
     def images_per_second(self) -> float:

@@ -124,6 +124,9 @@ def main(argv=None) -> int:
     x = torch.cat([it.patches for it in items])
     y = torch.tensor([it.label for it in items])
     res = measure(load_model(args.model).eval(), x, y)
+    from recapfast.models.checkpoint import file_sha256
+
+    res["model_sha256"] = file_sha256(args.model)
     print(flip_sentence(res))
     if args.json:
         from recapfast.io import atomic
