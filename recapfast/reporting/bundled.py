@@ -62,7 +62,7 @@ def table(folder) -> str:
               + ", ".join(f"{r['file'].split('/')[-1]} {_p(r['accuracy'])} ({r['tiles']})" for r in photos) + ".",
               f"- Per source photo of the test set ({src['patches']} patches): "
               + ", ".join(f"{r['source']} {r['class']} {_p(r['accuracy'])}" for r in src["rows"]) + ".",
-              f"- Every test image, both classes, re-saved as JPEG: "
+              "- Every test image, both classes, re-saved as JPEG: "
               + ", ".join(f"{'as stored' if r['jpeg_quality'] is None else 'quality ' + str(r['jpeg_quality'])} "
                           f"{_p(r['accuracy'])}" for r in jp["rows"]) + ".",
               f"- A logistic regression on global statistics (per-channel mean, std, 16-bin histograms; "
