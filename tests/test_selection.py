@@ -16,12 +16,13 @@ from recapfast.training import train as train_mod
 from recapfast.training.train import TrainConfig, train
 
 TINY = (4, 4, 8, 8, 8)
+EPS = 1.0
 
 
 def test_validation_numbers_are_the_attacks_by_hand(synth_dir):
-    model = load_model("robust")          # at eps 2 on these patches: FGSM flips some, APGD more
+    model = load_model("robust")          # at eps 1 on these patches: FGSM flips some, APGD more
     loader = make_loader(PatchDataset(discover(synth_dir), 32), 20, 0)
-    cfg = TrainConfig(defense="fast-at", val_eps=2.0, val_attack_steps=3)
+    cfg = TrainConfig(defense="fast-at", val_eps=EPS, val_attack_steps=3)
     m = selection.validate(model, loader, cfg)
     clean = fg = ap = worst = n = 0
     labels, log_odds, predicted = [], [], set()
@@ -30,18 +31,19 @@ def test_validation_numbers_are_the_attacks_by_hand(synth_dir):
         with torch.no_grad():
             logits = model(x.float())
             ok = logits.argmax(1) == y
-            fg_ok = model(fgsm(model, x, y, 2.0)).argmax(1) == y
+            fg_ok = model(fgsm(model, x, y, EPS)).argmax(1) == y
         labels += y.tolist()
         log_odds += (logits[:, 1] - logits[:, 0]).tolist()
         predicted |= set(logits.argmax(1).tolist())
-        board = apgd_rows(model, x, y, [2.0], APGDConfig(steps=3, seed=0))
+        board = apgd_rows(model, x, y, [EPS], APGDConfig(steps=3, seed=0))
         with torch.no_grad():
             ap_ok = model(board.out).argmax(1) == y
         clean, fg, ap = clean + int(ok.sum()), fg + int(fg_ok.sum()), ap + int(ap_ok.sum())
         worst += int((ok & fg_ok & ap_ok).sum())
         n += len(y)
     assert m["patches"] == n == 48
-    assert (m["clean_accuracy"], m["fgsm_eps2_accuracy"], m["apgd_eps2_accuracy"], m["worst_eps2_accuracy"]) == \
+    e = f"eps{EPS:g}"
+    assert (m["clean_accuracy"], m[f"fgsm_{e}_accuracy"], m[f"apgd_{e}_accuracy"], m[f"worst_{e}_accuracy"]) == \
         (clean / n, fg / n, ap / n, worst / n)
     from sklearn.metrics import roc_auc_score
 
@@ -51,7 +53,7 @@ def test_validation_numbers_are_the_attacks_by_hand(synth_dir):
     assert 0 < worst < fg < clean, "the check needs patches that survive and patches only APGD flips"
     base = selection.validate(model, loader, TrainConfig())           # baseline: clean, no APGD run
     assert "apgd_eps2_accuracy" not in base and base["score"] == clean / n
-    paper_fgsm = selection.validate(model, loader, TrainConfig(robust=True, val_attack="fgsm"))
+    paper_fgsm = selection.validate(model, loader, TrainConfig(robust=True, val_attack="fgsm", val_eps=EPS))
     assert paper_fgsm["score"] == 0.5 * (clean + fg) / n
 
 
