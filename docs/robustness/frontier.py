@@ -1,0 +1,220 @@
+"""The defence frontier (issue 20): train each defence from the bundled baseline, evaluate it under `--attack auto`.
+
+    python docs/robustness/frontier.py --data DATA --test TEST --work WORK [--only NAME,...] [--iters N]
+    python docs/robustness/frontier.py --render --work WORK --test TEST   # collect WORK's records into frontier.json
+    python docs/robustness/frontier.py --render            # frontier.md and frontier.png from frontier.json
+
+For every variant in VARIANTS (each resumable: a finished checkpoint or evaluation in WORK is not redone):
+
+1. `recapfast train DATA/train --val VAL --init baseline --defense D ... --out WORK/NAME.safetensors`
+   (the training's own selection: best mean of clean and worst-case validation accuracy, FGSM + APGD-10);
+2. `recapfast eval TEST --model WORK/NAME.safetensors --attack auto --eps 1,2,3,4,5 --json WORK/NAME_eval.json`
+   (APGD 100 steps, Square 1000 queries: the CLI defaults);
+3. its clean accuracy, worst case per eps, masking verdict (and which checks flagged), training settings and
+   training CPU/wall time are written to docs/robustness/frontier.json.
+
+`--render` writes frontier.md (the table docs/robustness.md and the README show; tests/test_frontier.py checks they
+hold it) and frontier.png (clean accuracy against the worst case at eps 1 and at eps 2, one point per variant;
+a masked variant is drawn hollow and named so).  The baseline itself is evaluated the same way as a reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "frontier.json"
+TABLE = HERE / "frontier.md"
+PLOT = HERE / "frontier.png"
+EPS = "1,2,3,4,5"
+PAGES = (HERE.parent / "robustness.md", HERE.parent.parent / "README.md")
+BEGIN, END = "<!-- frontier:begin", "<!-- frontier:end -->"
+
+# name: (defence arguments, activation).  `paper` is Zhao et al.'s eq. 5-7 (finite-difference penalty), fast-at is
+# FGSM from a random start (step 1.25 eps), trades the KL term with a PGD-3 inner maximization.
+VARIANTS = {
+    "paper-l1-relu": (["--defense", "paper", "--penalty", "1", "--penalty-mode", "fd"], "relu"),
+    "paper-l10-relu": (["--defense", "paper", "--penalty", "10", "--penalty-mode", "fd"], "relu"),
+    "paper-l100-relu": (["--defense", "paper", "--penalty", "100", "--penalty-mode", "fd"], "relu"),
+    "paper-l10-softplus": (["--defense", "paper", "--penalty", "10", "--penalty-mode", "fd"], "softplus"),
+    "paper-l100-softplus": (["--defense", "paper", "--penalty", "100", "--penalty-mode", "fd"], "softplus"),
+    "fast-at-relu": (["--defense", "fast-at"], "relu"),
+    "fast-at-softplus": (["--defense", "fast-at"], "softplus"),
+    "trades-b1-relu": (["--defense", "trades", "--trades-beta", "1", "--trades-steps", "3"], "relu"),
+    "trades-b6-relu": (["--defense", "trades", "--trades-beta", "6", "--trades-steps", "3"], "relu"),
+}
+
+
+def _run(cmd: list[str], log: Path) -> float:
+    """Run ``cmd`` (stderr to ``log``); returns its wall seconds.  A failure stops the script with the log's tail."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=fh)
+    if proc.returncode != 0:
+        sys.exit(f"frontier: {' '.join(cmd)} failed (exit {proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def _cpu_of_children() -> float:
+    r = os.times()
+    return r.children_user + r.children_system
+
+
+def run_variant(name: str, args, data: Path, test: Path, work: Path, iters: int) -> dict:
+    val = args.val or data / "val"
+    defence, activation = VARIANTS[name] if name != "baseline" else ([], None)
+    ckpt = work / f"{name}.safetensors"
+    record = {"name": name, "defense_args": defence, "activation": activation or "relu"}
+    timing = work / f"{name}.time.json"
+    if name == "baseline":
+        ckpt = Path("baseline")
+    elif not ckpt.is_file():
+        cpu0 = _cpu_of_children()
+        wall = _run([sys.executable, "-m", "recapfast", "train", str(data / "train"), "--val", str(val),
+                     "--init", "baseline", *defence, "--activation", activation, "--iters", str(iters),
+                     "--lr", "3e-4", "--lr-step", str(max(1, iters // 3)), "--lr-decay", "0.7",
+                     "--val-every", str(max(1, iters // 5)), "--seed", "0", "--device", "cpu",
+                     "--out", str(ckpt), "--force"], work / f"{name}.train.log")
+        timing.write_text(json.dumps({"train_wall_seconds": wall, "train_cpu_seconds": _cpu_of_children() - cpu0}))
+    if timing.is_file():
+        record.update(json.loads(timing.read_text()))
+    out = work / f"{name}_eval.json"
+    if not out.is_file():
+        _run([sys.executable, "-m", "recapfast", "eval", str(test), "--model", str(ckpt), "--attack", "auto",
+              "--eps", EPS, "--json", str(out), "-q"], work / f"{name}.eval.log")
+    ev = json.loads(out.read_text())
+    if ckpt.suffix == ".safetensors":
+        record["training"] = json.loads(ckpt.with_suffix(".json").read_text())["training"]
+    flagged = [c["check"] for c in ev["masking"]["checks"] if c["status"] == "flagged"]
+    if ev["masking"].get("degenerate", {}).get("status") == "flagged":
+        flagged.append("degenerate")
+    record.update(patches=ev["patches"], clean=ev["clean_accuracy"],
+                  worst={f"{c['eps']:g}": c["accuracy"] for c in ev["worst_case"]["cells"]},
+                  masking_suspected=bool(ev["masking"]["suspected"]), masking_flags=flagged,
+                  model_sha256=ev.get("model_sha256"), eval_seconds=ev["seconds"])
+    return record
+
+
+def pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def render(results: dict) -> str:
+    rows = results["variants"]
+    lines = ["| model | defence | activation | clean | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | masking | "
+             "training CPU-s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        d = " ".join(r["defense_args"]) or "none (the bundled baseline)"
+        mask = ("**suspected**: " + ", ".join(r["masking_flags"])) if r["masking_suspected"] else "no flag"
+        cpu = f"{r['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in r else "-"
+        lines.append(f"| {r['name']} | `{d}` | {r['activation']} | {pct(r['clean'])} | "
+                     + " | ".join(pct(r["worst"][e]) for e in ("1", "2", "3", "4", "5")) + f" | {mask} | {cpu} |")
+    trained = [r for r in rows if r["name"] != "baseline"]
+    clear = [r for r in trained if not r["masking_suspected"]]
+    base = next((r for r in rows if r["name"] == "baseline"), None)
+    if clear:
+        best = max(clear, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
+        lines += ["", f"Best mean of clean and worst-case accuracy at eps 1 among the {len(clear)} of {len(trained)} "
+                      f"defences no masking check flagged: **{best['name']}** ({pct(best['clean'])} clean, "
+                      f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2)"
+                      + (f"; the undefended baseline: {pct(base['clean'])} clean, {pct(base['worst']['1'])} at eps 1."
+                         if base else ".")]
+    elif trained:
+        best = max(trained, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
+        lines += ["", f"A masking check flagged every one of the {len(trained)} defences, so their FGSM rows are not "
+                      f"robustness; their worst case (FGSM, APGD and Square) is the number to read. Best mean of clean "
+                      f"and worst-case accuracy at eps 1: **{best['name']}** ({pct(best['clean'])} clean, "
+                      f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2; flagged: "
+                      f"{', '.join(best['masking_flags'])})"
+                      + (f"; the undefended baseline: {pct(base['clean'])} clean, {pct(base['worst']['1'])} at eps 1."
+                         if base else ".")]
+    s = results["setup"]
+    lines += ["", f"{rows[0]['patches']} test patches ({s['test']}), `recapfast eval --attack auto --eps {EPS}` "
+              f"(FGSM, APGD-CE 100 steps, Square 1000 queries; worst case = correct clean and under every attack); "
+              f"each defence fine-tuned from the bundled baseline for {s['iters']} iterations "
+              f"({s['machine']}, {s['threads']} thread(s)); the plot: docs/robustness/frontier.png."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
+    for ax, eps in zip(axes, ("1", "2")):
+        for r in results["variants"]:
+            masked = r["masking_suspected"]
+            ax.scatter(100 * r["worst"][eps], 100 * r["clean"], s=40, facecolors="none" if masked else "C0",
+                       edgecolors="C3" if masked else "C0")
+            ax.annotate(r["name"] + (" (masked)" if masked else ""), (100 * r["worst"][eps], 100 * r["clean"]),
+                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(f"worst-case accuracy at eps {eps} (%)")
+        ax.set_title(f"eps = {eps} grey level{'s' if eps != '1' else ''}")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("clean accuracy (%)")
+    fig.suptitle("Defences fine-tuned from the bundled baseline (hollow red: gradient masking suspected)")
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path)
+    ap.add_argument("--test", type=Path)
+    ap.add_argument("--val", type=Path, default=None, help="validation folder (default DATA/val)")
+    ap.add_argument("--work", type=Path)
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the baseline)")
+    ap.add_argument("--iters", type=int, default=1000)
+    ap.add_argument("--render", action="store_true", help="only render frontier.md and frontier.png")
+    args = ap.parse_args()
+    if not args.render:
+        if not (args.data and args.test and args.work):
+            ap.error("--data, --test and --work are needed (or --render)")
+        args.work.mkdir(parents=True, exist_ok=True)
+        names = args.only.split(",") if args.only else ["baseline", *VARIANTS]
+        unknown = [n for n in names if n != "baseline" and n not in VARIANTS]
+        if unknown:
+            ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+        for name in names:
+            rec = run_variant(name, args, args.data, args.test, args.work, args.iters)
+            (args.work / f"{name}.record.json").write_text(json.dumps(rec, indent=1))
+            print(f"{name}: clean {pct(rec['clean'])}, worst case "
+                  + ", ".join(f"eps {e} {pct(v)}" for e, v in rec["worst"].items())
+                  + (f"; masking suspected ({', '.join(rec['masking_flags'])})" if rec["masking_suspected"] else ""),
+                  flush=True)
+        return
+    if args.work:            # collect the finished variants' records into frontier.json
+        import platform
+
+        import torch
+
+        order = ["baseline", *VARIANTS]
+        recs = [json.loads((args.work / f"{n}.record.json").read_text()) for n in order
+                if (args.work / f"{n}.record.json").is_file()]
+        RESULTS.write_text(json.dumps({"setup": {"test": args.test.name if args.test else "", "iters": args.iters,
+                                                 "threads": torch.get_num_threads() if not os.environ.get(
+                                                     "OMP_NUM_THREADS") else int(os.environ["OMP_NUM_THREADS"]),
+                                                 "machine": platform.processor() or platform.machine()},
+                                       "variants": recs}, indent=1) + "\n")
+    results = json.loads(RESULTS.read_text())
+    table = render(results)
+    TABLE.write_text(table)
+    plot(results)
+    for page in PAGES:                     # the same block in docs/robustness.md and the README
+        text = page.read_text()
+        head, rest = text.split(BEGIN, 1)
+        marker, rest = rest.split("-->", 1)
+        page.write_text(f"{head}{BEGIN}{marker}-->\n{table}{END}{rest.split(END, 1)[1]}")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
