@@ -113,18 +113,11 @@ AnyModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model n
 
 def weights_sha256(detector) -> str | None:
     """sha256 of the file holding the --model's weights (bundled name, .safetensors, .pt2 or --weights), else None."""
-    import hashlib
     import os
 
-    from recapfast.models.checkpoint import WEIGHTS_DIR
+    from recapfast.models.checkpoint import WEIGHTS_DIR, sha256_of
 
     spec = str(detector.model)
     bundled = WEIGHTS_DIR / f"{spec}.safetensors"
     path = detector.weights or (bundled if "/" not in spec and "." not in spec and bundled.is_file() else spec)
-    if not os.path.isfile(path):
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path) if os.path.isfile(path) else None

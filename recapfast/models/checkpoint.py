@@ -141,12 +141,17 @@ def load_model(name_or_path: str | os.PathLike = "baseline", device: str | torch
 __all__ = ["BUNDLED", "CheckpointError", "config_path", "load_model", "read_config", "resolve", "save_checkpoint"]
 
 
-def file_sha256(name_or_path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint's weights file (a bundled name or a .safetensors path): ties a measurement to it."""
+def sha256_of(path: str | os.PathLike) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
     import hashlib
 
     digest = hashlib.sha256()
-    with open(resolve(name_or_path), "rb") as fh:
+    with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def file_sha256(name_or_path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint's weights file (a bundled name or a .safetensors path): ties a measurement to it."""
+    return sha256_of(resolve(name_or_path))
