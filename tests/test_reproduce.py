@@ -328,3 +328,46 @@ def test_models_option_evaluates_given_checkpoints(tiny_run, tmp_path):
     assert "not trained by this run" in (out / "report.md").read_text()
     with pytest.raises(ReproduceError, match="--models"):
         rp.reproduce(tmp_path / "o2", tiny_config(models=given[:1]), workers=1, log=quiet)
+
+
+def test_scenes_split_by_source_photo_and_tiles_follow_it(tmp_path):
+    """--scenes: the data is synthesized from photos and split 40/10/50 by source photo (the synthesizer's split,
+    kept as written): no photo's images reach two splits, the train/val tiles come from the train/val images only,
+    the report says the split is by photo, and a resume with other scenes is refused."""
+    from recapfast.data import scenes
+
+    paths = scenes.sample_photo_paths()
+    if len(paths) < 6:
+        pytest.skip("scikit-image / scikit-learn sample photos are not installed (pip install '.[test]')")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in paths:
+        (photos / p.split("/")[-1]).write_bytes(open(p, "rb").read())
+    cfg = tiny_config(sizes=(32,), count=20, train_tile=16, scenes=(str(photos),))
+    out = tmp_path / "out"
+    rp.reproduce(out, cfg, workers=1, log=quiet, stop_after="32/split")
+    state = json.loads((out / "state.json").read_text())
+    data = state["stages"]["32/data"]
+    assert data["presplit"] is True and data["generator"] == "recapfast.synth/3.1"
+    by_split = data["scenes"]["split_photos"]
+    assert sum(map(len, by_split.values())) == len(paths)
+    assert not set(by_split["train"]) & set(by_split["test"]) and not set(by_split["val"]) & set(by_split["test"])
+    manifest = json.loads((out / "work" / "32" / "data" / "manifest.json").read_text())
+    for name in ("train", "val", "test"):     # each image was drawn from its own split's photos only
+        assert manifest["splits"][name]["photos"] == by_split[name]
+    lists = json.loads((out / "work" / "32" / "split.json").read_text())
+    assert {k: len(v) for k, v in lists.items()} == {"train": 16, "val": 4, "test": 20}   # 40/10/50 of 20 + 20
+    assert all(p.startswith(k + os.sep) for k, v in lists.items() for p in v)              # kept as written
+    tiles = sorted((out / "work" / "32" / "split" / "train").rglob("*.png"))
+    train_stems = {(os.path.dirname(p).split(os.sep)[-1], os.path.basename(p)[:-4]) for p in lists["train"]}
+    assert len(tiles) == 4 * 16 and {(t.parent.name, t.name.split("__r")[0]) for t in tiles} == train_stems
+    test_links = sorted((out / "work" / "32" / "split" / "test").rglob("*.png"))
+    assert sorted(os.path.relpath(os.path.realpath(p), out / "work" / "32" / "data") for p in test_links) == \
+        sorted(lists["test"])
+    with pytest.raises(ReproduceError, match="scenes"):
+        rp.reproduce(out, tiny_config(sizes=(32,), count=20, train_tile=16), workers=1, log=quiet)
+    with pytest.raises(ReproduceError, match="--scenes and --data"):
+        rp.reproduce(tmp_path / "o2", tiny_config(scenes=(str(photos),), data=str(photos)), workers=1, log=quiet)
+    rp.reproduce(out, cfg, workers=1, log=quiet)
+    report = (out / "report.md").read_text()
+    assert "by source photo" in report and f"real photos of {photos}" in report

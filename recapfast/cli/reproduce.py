@@ -12,11 +12,11 @@ from ._app import MAX_BATCH, MAX_WORKERS, DeviceOpt, ForceOpt, QuietOpt, SeedOpt
 PROTOCOLS = {
     # Zhao et al. 2018, section 4: 10000 + 10000 images per size, 100k iterations, lr 1e-4 x0.9 every 10k.
     "full": {"sizes": "64,128,256,512", "count": "10000", "iters": 100_000, "lr": 1e-4, "train_tile": None},
-    # Sized for a shared 2-core CPU: fewer images at larger sizes (synthesis cost grows with the pixel
-    # count), and no training: the bundled 64 px models (docs/training.md "Bundled models": trained on v3 data) are
-    # evaluated at every size (the network ends in global average pooling).
-    "cpu": {"sizes": "64,128,256,512", "count": "600,200,80,30", "iters": 600, "lr": 1e-3, "train_tile": 64,
-            "val_every": 100, "lr_step": 60, "models": "baseline,robust"},
+    # Sized for 2 CPU cores (about 1.5 hours): both models trained at every size, on the 64 px tiles of the
+    # train/val images (the network ends in global average pooling), 1200 iterations at lr 1e-3; at least 300 + 300
+    # test images per size, evaluated whole (synthesis cost grows with the pixel count: 2 s per 512 px image).
+    "cpu": {"sizes": "64,128,256,512", "count": "3000,1000,600,600", "iters": 1200, "lr": 1e-3, "train_tile": 64,
+            "val_every": 200},
 }
 
 
@@ -25,8 +25,8 @@ def reproduce_command(
     out: Annotated[Path, typer.Argument(help="Output folder: report.md, results.json, plots/, state.json "
                                              "(data and checkpoints under OUT/work/, git-ignored).")],
     protocol: Annotated[str, typer.Option("--protocol", help="Presets: full (the paper's: 64-512 px, 10000 + 10000 "
-                                          "images, 100k iterations; for a GPU) or cpu (reduced, about an hour on "
-                                          "2 cores; see docs/guide.md).  Explicit options override.")] = "full",
+                                          "images, 100k iterations; for a GPU) or cpu (reduced: trains at every size "
+                                          "on 64 px tiles, about 1.5 hours on 2 cores; see docs/guide.md).  Explicit options override.")] = "full",
     sizes: Annotated[Optional[str], typer.Option("--sizes", help="Comma-separated patch sizes.")] = None,
     count: Annotated[Optional[str], typer.Option("--count", help="Originals and recaptures per size (each): one "
                                                  "number, or one per size (comma-separated).")] = None,
@@ -45,6 +45,11 @@ def reproduce_command(
     train_tile: Annotated[Optional[int], typer.Option("--train-tile", min=8, help="Train and validate on TxT tiles "
                                                       "of the images of larger sizes; test whole images (reduced protocol).")] = None,
     generator: Annotated[str, typer.Option("--generator", help="Synthesis generator: v3 or v2.")] = "v3",
+    scenes: Annotated[Optional[list[Path]], typer.Option("--scenes", exists=True, file_okay=False,
+                                                         help="Photo folder(s) to synthesize from (repeatable; e.g. "
+                                                              "python -m recapfast.data.scenes OUT, then OUT/train); "
+                                                              "the split is then by source photo.  None: procedural "
+                                                              "scenes.")] = None,
     models: Annotated[Optional[str], typer.Option("--models", help="BASELINE,ROBUST checkpoints (bundled names or "
                                                   ".safetensors) to evaluate instead of training per size; none: train.")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, max=MAX_WORKERS, help="Synthesis processes (default min(2, cores)).")] = None,
@@ -89,7 +94,8 @@ def reproduce_command(
                              generator=generator,
                              models=tuple(models.split(",")) if models and models != "none" else None, lr=lr, lr_step=lr_step, penalty=penalty,
                              batch_size=batch_size, val_every=val_every, seed=seed,
-                             data=str(data) if data is not None else None)
+                             data=str(data) if data is not None else None,
+                             scenes=tuple(str(f) for f in scenes) if scenes else None)
     console = stderr_console(quiet)
     log = (lambda msg: console.print(msg, markup=False, highlight=False))
     with lock_outputs(out):

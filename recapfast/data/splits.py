@@ -118,14 +118,18 @@ def _link_name(sample: Sample, root: Path) -> str:
     return rel.replace(os.sep, "__")
 
 
-def materialize_split(parts: dict[str, list[Sample]], data_root: Path, split_root: Path) -> None:
-    """split_root/<part>/<class>/<file> as relative symlinks to the data (no image copies)."""
+def materialize_split(parts: dict[str, list[Sample]], data_root: Path, split_root: Path,
+                      presplit: bool = False) -> None:
+    """split_root/<part>/<class>/<file> as relative symlinks to the data (no image copies).
+
+    ``presplit``: the data is already split as data_root/<part>/<class>/ (a synthesis split by source photo)."""
     if split_root.exists():
         shutil.rmtree(split_root)        # a half-written split from a killed run
     for name, samples in parts.items():
+        root = Path(data_root) / name if presplit else Path(data_root)
         for c in CLASS_NAMES:
             (split_root / name / c).mkdir(parents=True, exist_ok=True)
         for s in samples:
-            link = split_root / name / CLASS_NAMES[s.label] / _link_name(s, data_root)
+            link = split_root / name / CLASS_NAMES[s.label] / _link_name(s, root)
             os.symlink(os.path.relpath(os.path.abspath(s.path), link.parent), link)
 

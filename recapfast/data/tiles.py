@@ -39,14 +39,16 @@ def write_tiles(samples: list[Sample], data_root: Path, out_root: Path, tile: in
     return n
 
 
-def materialize_tiles(parts: dict[str, list[Sample]], data_root: Path, split_root: Path, tile: int) -> dict:
-    """Replace split_root/train and split_root/val by tile folders; returns tiles per split."""
+def materialize_tiles(parts: dict[str, list[Sample]], data_root: Path, split_root: Path, tile: int,
+                      presplit: bool = False) -> dict:
+    """Replace split_root/train and split_root/val by tile folders; returns tiles per split.
+    ``presplit``: the data lies in data_root/<split>/<class>/ (see splits.materialize_split)."""
     counts = {}
     for name in ("train", "val"):
         target = split_root / name
         if target.exists():
             shutil.rmtree(target)
-        counts[name] = write_tiles(parts[name], data_root, target, tile)
+        counts[name] = write_tiles(parts[name], Path(data_root) / name if presplit else data_root, target, tile)
     return counts
 
 

@@ -44,6 +44,7 @@ class ReproduceConfig:
     generator: str = "v3"               # synthesis generator (recapfast.data.synth_sets)
     measure_patches: int = 256          # test patches per model for the measured quantities (flipdist)
     models: tuple | None = None         # (baseline, robust) checkpoints to evaluate instead of training
+    scenes: tuple | None = None         # photo folders: synthesize from them, split 40/10/50 by source photo
 
     def __post_init__(self):
         self.sizes = tuple(int(s) for s in self.sizes)
@@ -60,6 +61,9 @@ class ReproduceConfig:
             self.val_every = max(1, self.iters // 10)
         if self.data is not None:
             self.data = str(Path(self.data).resolve())
+        if self.scenes is not None:
+            # as given (no absolute path in a committed state.json); the data stage records each photo's sha256
+            self.scenes = tuple(str(f) for f in self.scenes) or None
 
     def validate(self) -> None:
         per_size_ok = not isinstance(self.count, tuple) or len(self.count) == len(self.sizes)
@@ -73,6 +77,8 @@ class ReproduceConfig:
              f"--train-tile must be between 8 and the smallest size, got {self.train_tile}"),
             (self.generator in ("v2", "v3"), f"--generator must be v2 or v3, got {self.generator!r}"),
             (self.models is None or len(self.models) == 2, f"--models: give BASELINE,ROBUST, got {self.models}"),
+            (self.scenes is None or self.data is None, "--scenes and --data: give one (--data is already synthesized)"),
+            (self.scenes is None or self.generator == "v3", "--scenes needs --generator v3"),
             (self.iters >= 1, f"--iters must be >= 1, got {self.iters}"),
             (self.seed >= 0, f"--seed must be >= 0, got {self.seed}"),
         ]
@@ -100,6 +106,8 @@ class ReproduceConfig:
             d["count"] = list(self.count)
         if self.models is not None:
             d["models"] = list(self.models)
+        if self.scenes is not None:
+            d["scenes"] = list(self.scenes)
         return d
 
 
@@ -141,7 +149,7 @@ class RunState:
 _OWNED = ("state.json", "report.md", "results.json", "plots", "work", ".gitignore")
 _COMPARED = ("sizes", "count", "iters", "batch_size", "lr", "lr_decay", "lr_step", "penalty", "adv_count",
              "adv_weight", "val_every", "seed", "data", "widths", "train_tile", "generator", "measure_patches",
-             "models")
+             "models", "scenes")
 
 
 def prepare_out(out: Path, config: ReproduceConfig, force: bool) -> RunState:

@@ -38,6 +38,26 @@ def _mark_text(marks: dict) -> str:
     return " (masking suspected: " + "; ".join(f"{', '.join(f)} at {s}x{s}" for s, f in marks.items()) + ")"
 
 
+def _scenes_text(cfg: dict, sizes: dict) -> str:
+    """" from N real photos (...)" when the run synthesized from photo folders (--scenes), else ""."""
+    if not cfg.get("scenes"):
+        return ""
+    first = next(iter(sizes.values()))["data"].get("scenes") or {}
+    return (f" from the {len(first.get('photos', []))} real photos of {', '.join(cfg['scenes'])} "
+            f"(generator 3.1: each original is a crop of a photo, each recapture shows a crop on a simulated display)")
+
+
+def _split_line(cfg: dict, sizes: dict) -> str:
+    """The split rule: by source photo (a synthesis from photos is split as it is written) or per class here."""
+    first = next(iter(sizes.values()))["data"]
+    if not first.get("presplit"):
+        return f"- split: 40/10/50 train/val/test per class, seeded (seed {cfg['seed']})"
+    photos = (first.get("scenes") or {}).get("split_photos")
+    counts = f" ({', '.join(f'{k} {len(v)}' for k, v in photos.items())} photos; drawn per size)" if photos else ""
+    return (f"- split: 40/10/50 train/val/test by source photo{counts}: no photo appears in two splits, so the "
+            f"test images show scenes the models never saw")
+
+
 def render_report(data: dict) -> str:
     """The markdown report of a finished reproduction (from the results.json dict)."""
     cfg, sizes, machine = data["config"], data["sizes"], data["machine"]
@@ -57,9 +77,9 @@ def render_report(data: dict) -> str:
     tile = cfg.get("train_tile")
     L += [f"- sizes: {', '.join(f'{s}x{s}' for s in run_sizes)} (paper: 64, 128, 256, 512)",
           f"- images (original + recaptured): {per_size if not cfg['data'] else 'from --data'} "
-          f"({f'synthesized by recapfast synth --generator {gen}' if not cfg['data'] else cfg['data']}; "
-          f"paper: 10000 + 10000 real photos per size)",
-          f"- split: 40/10/50 train/val/test per class, seeded (seed {cfg['seed']})",
+          f"({f'synthesized by recapfast synth --generator {gen}' if not cfg['data'] else cfg['data']}"
+          f"{_scenes_text(cfg, sizes)}; paper: 10000 + 10000 real photos per size)",
+          _split_line(cfg, sizes),
           *([f"- models: **not trained by this run**: the given checkpoints {cfg['models']} (64 px; sha256 and "
              f"training settings under Training below) are evaluated at every size"] if cfg.get("models") else []),
           f"- training{' (not used: --models)' if cfg.get('models') else ''}: {cfg['iters']} iterations, batch {cfg['batch_size']}, Adam, lr {cfg['lr']:g} x "

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from recapfast.data.folder import CLASS_NAMES, discover
-from recapfast.data.splits import data_manifest, materialize_split, split_samples
+from recapfast.data.splits import SPLIT_FRACTIONS, SPLIT_NAMES, data_manifest, materialize_split, split_samples
 from recapfast.io import atomic
 from recapfast.reproduction.paper import (ATTACKS, CLEAN_DROP_MAX, EPS, GRID_EPS, LOSS_FRACTION, MODELS, PAPER_ADVERSARIAL,
                                        PAPER_CLEAN, RECOVERY_MIN, TIE_TOLERANCE, WORST_ATTACKS, findings,
@@ -91,6 +91,15 @@ def _eval_summary(res) -> dict:
                 "mean_psnr": [res.cell(a, e).mean_psnr for e in res.eps],
                 "mean_ssim": [res.cell(a, e).mean_ssim for e in res.eps]}
     return d
+
+
+def presplit_parts(data_root: Path) -> dict | None:
+    """{split: samples} when ``data_root`` is already split (``<root>/{train,val,test}/{original,recaptured}``, as
+    synthesis from photos writes it: split by source photo); None for a plain labelled folder (split here)."""
+    root = Path(data_root)
+    if not all((root / n).is_dir() for n in SPLIT_NAMES) or any((root / c).is_dir() for c in CLASS_NAMES):
+        return None
+    return {n: discover(root / n) for n in SPLIT_NAMES}
 
 
 def measure_patches(test_dir: Path, size: int, cap: int):
@@ -240,25 +249,34 @@ def reproduce(
 
                 if data_root.exists():
                     shutil.rmtree(data_root)     # a partial synthesis from a killed run
+                scene_args = ({} if config.scenes is None else
+                              {"scenes_dir": list(config.scenes), "split": SPLIT_FRACTIONS, "procedural": 0.0})
                 man = synthesize(data_root, size=size, count=config.count_for(size), seed=config.seed + size,
-                                 workers=workers, generator=config.generator)
+                                 workers=workers, generator=config.generator, **scene_args)
                 source = {"synthesized": True, "synth_seed": config.seed + size, "generator": man["generator"]}
+                if config.scenes is not None:
+                    source["scenes"] = {"photos": man["scenes"]["photos"], "skipped": man["scenes"]["skipped"],
+                                        "split_photos": {k: v["photos"] for k, v in man["splits"].items()}}
             else:
                 source = {"synthesized": False, "folder": str(data_root)}
-            samples = discover(data_root)
+            presplit = presplit_parts(data_root)
+            samples = discover(data_root) if presplit is None else [s for v in presplit.values() for s in v]
             man = data_manifest(samples, data_root)
             if min(man["per_class"]) < 10:
                 raise ReproduceError(f"{data_root}: needs at least 10 images of each class, found {man['per_class']}")
-            return {**source, "manifest": man}
+            return {**source, "manifest": man, "presplit": presplit is not None}
 
         def do_split(size=size, data_root=data_root, split_root=split_root) -> dict:
-            parts = split_samples(discover(data_root), config.seed)
-            materialize_split(parts, data_root, split_root)
+            parts = presplit_parts(data_root)
+            presplit = parts is not None
+            if not presplit:
+                parts = split_samples(discover(data_root), config.seed)
+            materialize_split(parts, data_root, split_root, presplit=presplit)
             tiles = None
             if config.train_tile and config.train_tile < size:
                 from recapfast.data.tiles import materialize_tiles
 
-                tiles = materialize_tiles(parts, data_root, split_root, config.train_tile)
+                tiles = materialize_tiles(parts, data_root, split_root, config.train_tile, presplit=presplit)
             lists = {k: sorted(os.path.relpath(s.path, data_root) for s in v) for k, v in parts.items()}
             write_json_atomic(split_root.parent / "split.json", lists)
             digest = hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()
