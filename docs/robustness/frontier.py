@@ -197,8 +197,12 @@ def main() -> None:
         import torch
 
         order = ["baseline", *VARIANTS]
-        recs = [json.loads((args.work / f"{n}.record.json").read_text()) for n in order
-                if (args.work / f"{n}.record.json").is_file()]
+        # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
+        # variants (--only) adds to the frontier instead of dropping what earlier runs measured
+        kept = {r["name"]: r for r in json.loads(RESULTS.read_text())["variants"]} if RESULTS.is_file() else {}
+        kept.update({n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
+                     if (args.work / f"{n}.record.json").is_file()})
+        recs = [kept[n] for n in order if n in kept]
         RESULTS.write_text(json.dumps({"setup": {"test": args.test.name if args.test else "", "iters": args.iters,
                                                  "threads": torch.get_num_threads() if not os.environ.get(
                                                      "OMP_NUM_THREADS") else int(os.environ["OMP_NUM_THREADS"]),
