@@ -12,7 +12,7 @@ from ._app import MAX_BATCH, MAX_WORKERS, DeviceOpt, ForceOpt, QuietOpt, SeedOpt
 PROTOCOLS = {
     # Zhao et al. 2018, section 4: 10000 + 10000 images per size, 100k iterations, lr 1e-4 x0.9 every 10k.
     "full": {"sizes": "64,128,256,512", "count": "10000", "iters": 100_000, "lr": 1e-4, "train_tile": None},
-    # Sized for 2 CPU cores (about 1.5 hours): both models trained at every size, on the 64 px tiles of the
+    # Sized for 2 CPU cores (the committed run: about 2 hours, a third of it synthesis): both models trained at every size, on the 64 px tiles of the
     # train/val images (the network ends in global average pooling), 1200 iterations at lr 1e-3; at least 300 + 300
     # test images per size, evaluated whole (synthesis cost grows with the pixel count: 2 s per 512 px image).
     "cpu": {"sizes": "64,128,256,512", "count": "3000,1000,600,600", "iters": 1200, "lr": 1e-3, "train_tile": 64,
@@ -26,7 +26,7 @@ def reproduce_command(
                                              "(data and checkpoints under OUT/work/, git-ignored).")],
     protocol: Annotated[str, typer.Option("--protocol", help="Presets: full (the paper's: 64-512 px, 10000 + 10000 "
                                           "images, 100k iterations; for a GPU) or cpu (reduced: trains at every size "
-                                          "on 64 px tiles, about 1.5 hours on 2 cores; see docs/guide.md).  Explicit options override.")] = "full",
+                                          "on 64 px tiles, about 2 hours on 2 cores; see docs/guide.md).  Explicit options override.")] = "full",
     sizes: Annotated[Optional[str], typer.Option("--sizes", help="Comma-separated patch sizes.")] = None,
     count: Annotated[Optional[str], typer.Option("--count", help="Originals and recaptures per size (each): one "
                                                  "number, or one per size (comma-separated).")] = None,
