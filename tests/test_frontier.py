@@ -31,11 +31,14 @@ def test_every_variant_is_measured_alike():
     fr = _frontier()
     rows = json.loads((HERE / "frontier.json").read_text())["variants"]
     names = [r["name"] for r in rows]
-    assert names[0] == "baseline" and set(names[1:]) <= set(fr.VARIANTS) and len(set(names)) == len(names)
-    assert len({r["patches"] for r in rows}) == 1
-    for r in rows:
+    assert names[0] == "baseline" and set(names[1:]) <= set(fr.REFERENCES) | set(fr.VARIANTS)
+    assert len(set(names)) == len(names)
+    longer = json.loads((HERE / "frontier.json").read_text()).get("longer", [])
+    assert all(r["name"] in fr.VARIANTS for r in longer)
+    assert len({r["patches"] for r in rows + longer}) == 1
+    for r in rows + longer:
         assert set(r["worst"]) == {"1", "2", "3", "4", "5"}
         assert all(w <= r["clean"] + 1e-12 for w in r["worst"].values())
         assert all(a >= b - 1e-12 for a, b in zip(list(r["worst"].values()), list(r["worst"].values())[1:]))
-        if r["name"] != "baseline":
+        if r["name"] not in fr.REFERENCES:
             assert r["training"]["init"] == "baseline" and r["model_sha256"]

@@ -163,3 +163,20 @@ def test_not_a_program(tmp_path, synth_dir):
     bad.write_bytes(b"not a zip")
     r = CliRunner().invoke(app, ["eval", str(synth_dir), "--model", str(bad), "-q"])
     assert r.exit_code == 1 and "not a torch.export program" in r.output
+
+
+def test_paper_names_zhaos_bundled_model(tmp_path, synth_dir):
+    """`--model paper` is Zhao et al.'s eq. 5-7 model (the reproduction of the paper), whatever `robust` recommends;
+    today both name the same weights, and the report's sha256 is that file's."""
+    from recapfast.models.checkpoint import resolve, sha256_of
+
+    paper = load_detector("paper")
+    x = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        assert torch.equal(paper(x), load_detector("robust")(x))
+    cfg = json.loads(resolve("paper").with_suffix(".json").read_text())
+    assert cfg["training"]["defense"] == "paper" and cfg["training"]["penalty"] > 0
+    out = tmp_path / "paper.json"
+    r = CliRunner().invoke(app, ["eval", str(synth_dir), "--model", "paper", "--json", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["model_sha256"] == sha256_of(resolve("paper"))

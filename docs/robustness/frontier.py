@@ -2,6 +2,7 @@
 
     python docs/robustness/frontier.py --data DATA --test TEST --work WORK [--only NAME,...] [--iters N]
     python docs/robustness/frontier.py --render --work WORK --test TEST   # collect WORK's records into frontier.json
+    python docs/robustness/frontier.py --render --longer --work WORK2   # WORK2: a run of other --iters (training length)
     python docs/robustness/frontier.py --render            # frontier.md and frontier.png from frontier.json
 
 For every variant in VARIANTS (each resumable: a finished checkpoint or evaluation in WORK is not redone):
@@ -15,7 +16,8 @@ For every variant in VARIANTS (each resumable: a finished checkpoint or evaluati
 
 `--render` writes frontier.md (the table docs/robustness.md and the README show; tests/test_frontier.py checks they
 hold it) and frontier.png (clean accuracy against the worst case at eps 1 and at eps 2, one point per variant;
-a masked variant is drawn hollow and named so).  The baseline itself is evaluated the same way as a reference.
+a masked variant is drawn hollow and named so).  The bundled baseline and paper models (REFERENCES) are evaluated
+the same way, as references.
 """
 from __future__ import annotations
 
@@ -34,6 +36,10 @@ PLOT = HERE / "frontier.png"
 EPS = "1,2,3,4,5"
 PAGES = (HERE.parent / "robustness.md", HERE.parent.parent / "README.md")
 BEGIN, END = "<!-- frontier:begin", "<!-- frontier:end -->"
+
+# The bundled models, evaluated alike as references (not trained here): the undefended baseline, and `paper` (Zhao et
+# al.'s eq. 5-7 as bundled: 1500 iterations, FGSM selection; `robust` is the same weights today).
+REFERENCES = {"baseline": "none (the bundled baseline)", "paper": "the bundled paper model (eq. 5-7, FGSM-selected)"}
 
 # name: (defence arguments, activation).  `paper` is Zhao et al.'s eq. 5-7 (finite-difference penalty), fast-at is
 # FGSM from a random start (step 1.25 eps), trades the KL term with a PGD-3 inner maximization.
@@ -67,12 +73,12 @@ def _cpu_of_children() -> float:
 
 def run_variant(name: str, args, data: Path, test: Path, work: Path, iters: int) -> dict:
     val = args.val or data / "val"
-    defence, activation = VARIANTS[name] if name != "baseline" else ([], None)
+    defence, activation = VARIANTS[name] if name not in REFERENCES else ([], None)
     ckpt = work / f"{name}.safetensors"
     record = {"name": name, "defense_args": defence, "activation": activation or "relu"}
     timing = work / f"{name}.time.json"
-    if name == "baseline":
-        ckpt = Path("baseline")
+    if name in REFERENCES:
+        ckpt = Path(name)
     elif not ckpt.is_file():
         cpu0 = _cpu_of_children()
         wall = _run([sys.executable, "-m", "recapfast", "train", str(data / "train"), "--val", str(val),
@@ -104,26 +110,32 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
+def _references(rows: list) -> str:
+    """The bundled models' clean and eps-1 worst case, to end the summary sentence."""
+    said = {"baseline": "the undefended baseline", "paper": "the bundled `paper` model (= `robust`)"}
+    refs = [f"{said[r['name']]}: {pct(r['clean'])} clean, {pct(r['worst']['1'])} at eps 1" for r in rows
+            if r["name"] in REFERENCES]
+    return ("; " + "; ".join(refs) + ".") if refs else "."
+
+
 def render(results: dict) -> str:
     rows = results["variants"]
     lines = ["| model | defence | activation | clean | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | masking | "
              "training CPU-s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        d = " ".join(r["defense_args"]) or "none (the bundled baseline)"
+        d = " ".join(r["defense_args"]) or REFERENCES[r["name"]]
         mask = ("**suspected**: " + ", ".join(r["masking_flags"])) if r["masking_suspected"] else "no flag"
         cpu = f"{r['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in r else "-"
         lines.append(f"| {r['name']} | `{d}` | {r['activation']} | {pct(r['clean'])} | "
                      + " | ".join(pct(r["worst"][e]) for e in ("1", "2", "3", "4", "5")) + f" | {mask} | {cpu} |")
-    trained = [r for r in rows if r["name"] != "baseline"]
+    trained = [r for r in rows if r["name"] not in REFERENCES]
     clear = [r for r in trained if not r["masking_suspected"]]
-    base = next((r for r in rows if r["name"] == "baseline"), None)
     if clear:
         best = max(clear, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
         lines += ["", f"Best mean of clean and worst-case accuracy at eps 1 among the {len(clear)} of {len(trained)} "
                       f"defences no masking check flagged: **{best['name']}** ({pct(best['clean'])} clean, "
                       f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2)"
-                      + (f"; the undefended baseline: {pct(base['clean'])} clean, {pct(base['worst']['1'])} at eps 1."
-                         if base else ".")]
+                      + _references(rows)]
     elif trained:
         best = max(trained, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
         lines += ["", f"A masking check flagged every one of the {len(trained)} defences, so their FGSM rows are not "
@@ -131,8 +143,22 @@ def render(results: dict) -> str:
                       f"and worst-case accuracy at eps 1: **{best['name']}** ({pct(best['clean'])} clean, "
                       f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2; flagged: "
                       f"{', '.join(best['masking_flags'])})"
-                      + (f"; the undefended baseline: {pct(base['clean'])} clean, {pct(base['worst']['1'])} at eps 1."
-                         if base else ".")]
+                      + _references(rows)]
+    longer = results.get("longer", [])
+    if longer:
+        by_name = {r["name"]: r for r in rows}
+        lines += ["", "Training length: the same defences trained longer (same data, settings scaled with the "
+                      "iterations: lr step = iterations / 3, validation every iterations / 5), on the same test patches, "
+                      "beside their frontier row:", "",
+                  "| model | iterations | clean | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | masking | "
+                  "training CPU-s |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for r in longer:
+            for row in ([by_name[r["name"]]] if r["name"] in by_name else []) + [r]:
+                mask = ("**suspected**: " + ", ".join(row["masking_flags"])) if row["masking_suspected"] else "no flag"
+                cpu = f"{row['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in row else "-"
+                lines.append(f"| {row['name']} | {row['training']['iters']} | {pct(row['clean'])} | "
+                             + " | ".join(pct(row["worst"][e]) for e in ("1", "2", "3", "4", "5"))
+                             + f" | {mask} | {cpu} |")
     s = results["setup"]
     lines += ["", f"{rows[0]['patches']} test patches ({s['test']}), `recapfast eval --attack auto --eps {EPS}` "
               f"(FGSM, APGD-CE 100 steps, Square 1000 queries; worst case = correct clean and under every attack); "
@@ -149,17 +175,20 @@ def plot(results: dict) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharey=True)
     for ax, eps in zip(axes, ("1", "2")):
-        for r in results["variants"]:
-            masked = r["masking_suspected"]
-            ax.scatter(100 * r["worst"][eps], 100 * r["clean"], s=40, facecolors="none" if masked else "C0",
-                       edgecolors="C3" if masked else "C0")
-            ax.annotate(r["name"] + (" (masked)" if masked else ""), (100 * r["worst"][eps], 100 * r["clean"]),
-                        fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for r in results["variants"] + results.get("longer", []):
+            masked, longer = r["masking_suspected"], r in results.get("longer", [])
+            ax.scatter(100 * r["worst"][eps], 100 * r["clean"], s=40, marker="s" if longer else "o",
+                       facecolors="none" if masked else "C0", edgecolors="C3" if masked else "C0")
+            label = r["name"] + (f" ({r['training']['iters']} it.)" if longer else "") + (" (masked)" if masked else "")
+            ax.annotate(label, (100 * r["worst"][eps], 100 * r["clean"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
         ax.set_xlabel(f"worst-case accuracy at eps {eps} (%)")
         ax.set_title(f"eps = {eps} grey level{'s' if eps != '1' else ''}")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("clean accuracy (%)")
-    fig.suptitle("Defences fine-tuned from the bundled baseline (hollow red: gradient masking suspected)")
+    fig.suptitle("Defences fine-tuned from the bundled baseline (hollow red: gradient masking suspected; "
+                 "squares: trained longer)" if results.get("longer") else
+                 "Defences fine-tuned from the bundled baseline (hollow red: gradient masking suspected)")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110, metadata={"Software": None})
     plt.close(fig)
@@ -171,16 +200,19 @@ def main() -> None:
     ap.add_argument("--test", type=Path)
     ap.add_argument("--val", type=Path, default=None, help="validation folder (default DATA/val)")
     ap.add_argument("--work", type=Path)
-    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the baseline)")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the references baseline and paper)")
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--render", action="store_true", help="only render frontier.md and frontier.png")
+    ap.add_argument("--longer", action="store_true",
+                    help="with --render --work: WORK holds runs of other --iters (training length); their records go "
+                         "to frontier.json's `longer` list, keyed by name and iterations, not to the frontier")
     args = ap.parse_args()
     if not args.render:
         if not (args.data and args.test and args.work):
             ap.error("--data, --test and --work are needed (or --render)")
         args.work.mkdir(parents=True, exist_ok=True)
-        names = args.only.split(",") if args.only else ["baseline", *VARIANTS]
-        unknown = [n for n in names if n != "baseline" and n not in VARIANTS]
+        names = args.only.split(",") if args.only else [*REFERENCES, *VARIANTS]
+        unknown = [n for n in names if n not in REFERENCES and n not in VARIANTS]
         if unknown:
             ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
         for name in names:
@@ -191,12 +223,21 @@ def main() -> None:
                   + (f"; masking suspected ({', '.join(rec['masking_flags'])})" if rec["masking_suspected"] else ""),
                   flush=True)
         return
-    if args.work:            # collect the finished variants' records into frontier.json
+    if args.work and args.longer:       # runs of another length: beside the frontier, never in place of its rows
+        results = json.loads(RESULTS.read_text())
+        longer = {(r["name"], r["training"]["iters"]): r for r in results.get("longer", [])}
+        for n in VARIANTS:
+            if (args.work / f"{n}.record.json").is_file():
+                rec = json.loads((args.work / f"{n}.record.json").read_text())
+                longer[(n, rec["training"]["iters"])] = rec
+        results["longer"] = [longer[k] for k in sorted(longer, key=lambda k: (list(VARIANTS).index(k[0]), k[1]))]
+        RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    elif args.work:            # collect the finished variants' records into frontier.json
         import platform
 
         import torch
 
-        order = ["baseline", *VARIANTS]
+        order = [*REFERENCES, *VARIANTS]
         # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
         # variants (--only) adds to the frontier instead of dropping what earlier runs measured
         kept = {r["name"]: r for r in json.loads(RESULTS.read_text())["variants"]} if RESULTS.is_file() else {}

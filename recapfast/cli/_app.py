@@ -151,7 +151,7 @@ SEED_MAX = 2 ** 63 - 1   # torch.Generator.manual_seed and numpy take it; one ra
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Random seed.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or log lines on stderr.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")]
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust) or a .safetensors path.")]
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust, paper) or a .safetensors path.")]
 SizeOpt = Annotated[int, typer.Option("--size", min=1, max=MAX_SIZE, help="Patch size in pixels (center crop, or tiles with --tile).")]
 TileOpt = Annotated[bool, typer.Option("--tile", help="Use every non-overlapping patch instead of the center crop.")]
 QuantizeOpt = Annotated[bool, typer.Option("--quantize/--no-quantize", help="Round adversarial images to uint8 (default).")]

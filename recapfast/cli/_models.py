@@ -107,7 +107,7 @@ def trust_config(budget, seed: Optional[int] = None, jpeg: Optional[str] = None,
                        **kwargs)
 
 
-AnyModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust), a .safetensors "
+AnyModelOpt = Annotated[str, typer.Option("--model", "-m", help="Bundled model name (baseline, robust, paper), a .safetensors "
                                           "checkpoint, a torch.export .pt2 program, or pkg.module:factory.")]
 
 
@@ -115,9 +115,9 @@ def weights_sha256(detector) -> str | None:
     """sha256 of the file holding the --model's weights (bundled name, .safetensors, .pt2 or --weights), else None."""
     import os
 
-    from recapfast.models.checkpoint import WEIGHTS_DIR, sha256_of
+    from recapfast.models.checkpoint import BUNDLED, WEIGHTS_DIR, resolve, sha256_of
 
     spec = str(detector.model)
-    bundled = WEIGHTS_DIR / f"{spec}.safetensors"
+    bundled = resolve(spec) if spec in BUNDLED else WEIGHTS_DIR / f"{spec}.safetensors"
     path = detector.weights or (bundled if "/" not in spec and "." not in spec and bundled.is_file() else spec)
     return sha256_of(path) if os.path.isfile(path) else None
