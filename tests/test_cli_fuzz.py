@@ -11,7 +11,6 @@ each other or sit inside the input folder.  Whatever happens: exit code 0 or 1, 
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 

@@ -70,7 +70,7 @@ def test_worst_row_never_above_clean_fgsm_llcm(worst_run):
     f = w["finding"]
     assert set(f) >= {"holds", "rule", "per_eps", "only_paper_attacks", "sentence"}
     report = (out / "report.md").read_text()
-    assert "| (c) worst case |" in report and f"- (c) against the worst case" in report
+    assert "| (c) worst case |" in report and "- (c) against the worst case" in report
     assert "worst case (16 patches)" in report and "APGD-CE 10 steps" in report and "Square 40 queries" in report
 
 

@@ -139,9 +139,9 @@ def _robust_bullet(path: Path) -> list[str]:
     fgsm = _acc(ex, "fgsm")
     worst = [c["accuracy"] for c in ex["worst_case"]["cells"]]
     flagged = [c["check"].replace("_", " ") for c in ex["masking"]["checks"] if c["status"] == "flagged"]
-    head = ("> - **The bundled `robust` model (Zhao et al.'s eq. 5-7) is gradient-masked** by recapfast's checks "
+    head = ("> - **The bundled `robust` model (= `paper`, Zhao et al.'s eq. 5-7) is gradient-masked** by recapfast's checks "
             f"({', '.join(flagged)})." if ex["masking"]["suspected"] else
-            "> - **The bundled `robust` model (Zhao et al.'s eq. 5-7)**: no gradient-masking check flagged.")
+            "> - **The bundled `robust` model (= `paper`, Zhao et al.'s eq. 5-7)**: no gradient-masking check flagged.")
     return [head,
             f">   On {ex['patches']} synthetic patches: {_p(ex['clean_accuracy'])} clean; FGSM "
             + " / ".join(_p(a) for a in fgsm) + " at eps 1..5; the worst case under `--attack auto` (FGSM, APGD,",

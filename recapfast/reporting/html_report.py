@@ -16,7 +16,6 @@ import base64
 import html
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np

@@ -144,7 +144,6 @@ def worst_finding(worst: dict, eps: Sequence[float] = EPS, c_holds: bool | None 
     """
     b, r = worst["models"]["baseline"], worst["models"]["robust"]
     n = worst["patches"]
-    e = [f"{x:g}" for x in eps]
 
     def recovery(key: str, i: int) -> float:
         lost = b["clean"] - b[key][i]
