@@ -102,7 +102,9 @@ def run_variant(name: str, args, data: Path, test: Path, work: Path, iters: int)
     record.update(patches=ev["patches"], clean=ev["clean_accuracy"],
                   worst={f"{c['eps']:g}": c["accuracy"] for c in ev["worst_case"]["cells"]},
                   masking_suspected=bool(ev["masking"]["suspected"]), masking_flags=flagged,
-                  model_sha256=ev.get("model_sha256"), eval_seconds=ev["seconds"])
+                  model_sha256=ev.get("model_sha256"), eval_seconds=ev["seconds"],
+                  patches_per_class=ev["patches_per_class"], clean_per_class=ev["clean_accuracy_per_class"],
+                  clean_auc=ev["detection"]["clean"]["auc"])
     return record
 
 
@@ -118,52 +120,76 @@ def _references(rows: list) -> str:
     return ("; " + "; ".join(refs) + ".") if refs else "."
 
 
+HEAD = ("clean | clean: originals / recaptures | clean AUC | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | "
+        "masking | training CPU-s |")
+
+
+def _cells(r: dict) -> str:
+    """A record's measured columns, from clean accuracy to training CPU-s ('-' where an older record lacks one)."""
+    per_class = " / ".join(pct(a) for a in r["clean_per_class"]) if "clean_per_class" in r else "-"
+    auc = f"{r['clean_auc']:.2f}" if "clean_auc" in r else "-"
+    mask = ("**suspected**: " + ", ".join(r["masking_flags"])) if r["masking_suspected"] else "no flag"
+    cpu = f"{r['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in r else "-"
+    return (f"{pct(r['clean'])} | {per_class} | {auc} | " + " | ".join(pct(r["worst"][e]) for e in "12345")
+            + f" | {mask} | {cpu} |")
+
+
+def _best(best: dict) -> str:
+    per_class = (f": {pct(best['clean_per_class'][0])} of originals, {pct(best['clean_per_class'][1])} of recaptures; "
+                 f"clean AUC {best['clean_auc']:.2f}" if "clean_per_class" in best else "")
+    return (f"**{best['name']}** ({pct(best['clean'])} clean{per_class}; {pct(best['worst']['1'])} at eps 1, "
+            f"{pct(best['worst']['2'])} at eps 2")
+
+
+def _constant(rows: list) -> list:
+    """What a constant answer scores on these patches: the larger class share, clean and under every attack."""
+    counts = next((r["patches_per_class"] for r in rows if "patches_per_class" in r), None)
+    if not counts:
+        return []
+    share = max(counts) / sum(counts)
+    return ["", f"For scale: a constant answer (every patch called the same class) scores {pct(share)} on these "
+                f"{sum(counts)} patches ({' + '.join(map(str, counts))} per class), clean and under every attack, since "
+                f"no perturbation changes it; a worst case near that with one class mostly wrong (the per-class "
+                f"column) is a model close to a constant, not a defence."]
+
+
 def render(results: dict) -> str:
     rows = results["variants"]
-    lines = ["| model | defence | activation | clean | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | masking | "
-             "training CPU-s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | defence | activation | " + HEAD, "|---|---|---|" + "---|" * HEAD.count("|")]
     for r in rows:
         d = " ".join(r["defense_args"]) or REFERENCES[r["name"]]
-        mask = ("**suspected**: " + ", ".join(r["masking_flags"])) if r["masking_suspected"] else "no flag"
-        cpu = f"{r['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in r else "-"
-        lines.append(f"| {r['name']} | `{d}` | {r['activation']} | {pct(r['clean'])} | "
-                     + " | ".join(pct(r["worst"][e]) for e in ("1", "2", "3", "4", "5")) + f" | {mask} | {cpu} |")
+        lines.append(f"| {r['name']} | `{d}` | {r['activation']} | " + _cells(r))
     trained = [r for r in rows if r["name"] not in REFERENCES]
     clear = [r for r in trained if not r["masking_suspected"]]
     if clear:
         best = max(clear, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
         lines += ["", f"Best mean of clean and worst-case accuracy at eps 1 among the {len(clear)} of {len(trained)} "
-                      f"defences no masking check flagged: **{best['name']}** ({pct(best['clean'])} clean, "
-                      f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2)"
-                      + _references(rows)]
+                      f"defences no masking check flagged: {_best(best)})" + _references(rows)]
     elif trained:
         best = max(trained, key=lambda r: (r["clean"] + r["worst"]["1"]) / 2)
         lines += ["", f"A masking check flagged every one of the {len(trained)} defences, so their FGSM rows are not "
                       f"robustness; their worst case (FGSM, APGD and Square) is the number to read. Best mean of clean "
-                      f"and worst-case accuracy at eps 1: **{best['name']}** ({pct(best['clean'])} clean, "
-                      f"{pct(best['worst']['1'])} at eps 1, {pct(best['worst']['2'])} at eps 2; flagged: "
-                      f"{', '.join(best['masking_flags'])})"
+                      f"and worst-case accuracy at eps 1: {_best(best)}; flagged: {', '.join(best['masking_flags'])})"
                       + _references(rows)]
+    lines += _constant(rows)
     longer = results.get("longer", [])
     if longer:
         by_name = {r["name"]: r for r in rows}
         lines += ["", "Training length: the same defences trained longer (same data, settings scaled with the "
                       "iterations: lr step = iterations / 3, validation every iterations / 5), on the same test patches, "
                       "beside their frontier row:", "",
-                  "| model | iterations | clean | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | masking | "
-                  "training CPU-s |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | iterations | " + HEAD, "|---|---|" + "---|" * HEAD.count("|")]
         for r in longer:
             for row in ([by_name[r["name"]]] if r["name"] in by_name else []) + [r]:
-                mask = ("**suspected**: " + ", ".join(row["masking_flags"])) if row["masking_suspected"] else "no flag"
-                cpu = f"{row['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in row else "-"
-                lines.append(f"| {row['name']} | {row['training']['iters']} | {pct(row['clean'])} | "
-                             + " | ".join(pct(row["worst"][e]) for e in ("1", "2", "3", "4", "5"))
-                             + f" | {mask} | {cpu} |")
+                lines.append(f"| {row['name']} | {row['training']['iters']} | " + _cells(row))
     s = results["setup"]
     lines += ["", f"{rows[0]['patches']} test patches ({s['test']}), `recapfast eval --attack auto --eps {EPS}` "
               f"(FGSM, APGD-CE 100 steps, Square 1000 queries; worst case = correct clean and under every attack); "
               f"each defence fine-tuned from the bundled baseline for {s['iters']} iterations "
-              f"({s['machine']}, {s['threads']} thread(s)); the plot: docs/robustness/frontier.png."]
+              f"({s['machine']}, {s['threads']} thread(s)"
+              + (f"; {s['jobs_at_once']} such jobs side by side on {s['cores']} cores, so the CPU-s include their "
+                 f"contention" if s.get("jobs_at_once", 1) > 1 else "")
+              + "); the plot: docs/robustness/frontier.png."]
     return "\n".join(lines) + "\n"
 
 
@@ -203,6 +229,8 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the references baseline and paper)")
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--render", action="store_true", help="only render frontier.md and frontier.png")
+    ap.add_argument("--jobs-at-once", type=int, default=1,
+                    help="with --render --work: how many training/eval jobs ran side by side (recorded in the setup)")
     ap.add_argument("--longer", action="store_true",
                     help="with --render --work: WORK holds runs of other --iters (training length); their records go "
                          "to frontier.json's `longer` list, keyed by name and iterations, not to the frontier")
@@ -241,13 +269,22 @@ def main() -> None:
         # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
         # variants (--only) adds to the frontier instead of dropping what earlier runs measured
         kept = {r["name"]: r for r in json.loads(RESULTS.read_text())["variants"]} if RESULTS.is_file() else {}
-        kept.update({n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
-                     if (args.work / f"{n}.record.json").is_file()})
+        for n in order:
+            if not (args.work / f"{n}.record.json").is_file():
+                continue
+            rec = json.loads((args.work / f"{n}.record.json").read_text())
+            if n in kept and kept[n].get("model_sha256") == rec.get("model_sha256"):
+                # the same weights measured again (a rerun of the same training): the committed numbers stay,
+                # what the older record lacks (per-class accuracy, AUC) is added
+                kept[n] = {**rec, **kept[n]}
+            else:
+                kept[n] = rec
         recs = [kept[n] for n in order if n in kept]
         RESULTS.write_text(json.dumps({"setup": {"test": args.test.name if args.test else "", "iters": args.iters,
                                                  "threads": torch.get_num_threads() if not os.environ.get(
                                                      "OMP_NUM_THREADS") else int(os.environ["OMP_NUM_THREADS"]),
-                                                 "machine": platform.processor() or platform.machine()},
+                                                 "machine": platform.processor() or platform.machine(),
+                                                 "jobs_at_once": args.jobs_at_once, "cores": os.cpu_count()},
                                        "variants": recs}, indent=1) + "\n")
     results = json.loads(RESULTS.read_text())
     table = render(results)
