@@ -226,7 +226,7 @@ def main() -> None:
     ap.add_argument("--test", type=Path)
     ap.add_argument("--val", type=Path, default=None, help="validation folder (default DATA/val)")
     ap.add_argument("--work", type=Path)
-    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the references baseline and paper)")
+    ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the references)")
     ap.add_argument("--iters", type=int, default=1000)
     ap.add_argument("--render", action="store_true", help="only render frontier.md and frontier.png")
     ap.add_argument("--jobs-at-once", type=int, default=1,
@@ -242,7 +242,8 @@ def main() -> None:
         names = args.only.split(",") if args.only else [*REFERENCES, *VARIANTS]
         unknown = [n for n in names if n not in REFERENCES and n not in VARIANTS]
         if unknown:
-            ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+            ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from "
+                     f"{', '.join([*REFERENCES, *VARIANTS])}")
         for name in names:
             rec = run_variant(name, args, args.data, args.test, args.work, args.iters)
             (args.work / f"{name}.record.json").write_text(json.dumps(rec, indent=1))
@@ -269,16 +270,8 @@ def main() -> None:
         # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
         # variants (--only) adds to the frontier instead of dropping what earlier runs measured
         kept = {r["name"]: r for r in json.loads(RESULTS.read_text())["variants"]} if RESULTS.is_file() else {}
-        for n in order:
-            if not (args.work / f"{n}.record.json").is_file():
-                continue
-            rec = json.loads((args.work / f"{n}.record.json").read_text())
-            if n in kept and kept[n].get("model_sha256") == rec.get("model_sha256"):
-                # the same weights measured again (a rerun of the same training): the committed numbers stay,
-                # what the older record lacks (per-class accuracy, AUC) is added
-                kept[n] = {**rec, **kept[n]}
-            else:
-                kept[n] = rec
+        kept.update({n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
+                     if (args.work / f"{n}.record.json").is_file()})
         recs = [kept[n] for n in order if n in kept]
         RESULTS.write_text(json.dumps({"setup": {"test": args.test.name if args.test else "", "iters": args.iters,
                                                  "threads": torch.get_num_threads() if not os.environ.get(
