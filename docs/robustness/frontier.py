@@ -269,7 +269,8 @@ def main() -> None:
         order = [*REFERENCES, *VARIANTS]
         # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
         # variants (--only) adds to the frontier instead of dropping what earlier runs measured
-        kept = {r["name"]: r for r in json.loads(RESULTS.read_text())["variants"]} if RESULTS.is_file() else {}
+        before = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"variants": []}
+        kept = {r["name"]: r for r in before["variants"]}
         kept.update({n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
                      if (args.work / f"{n}.record.json").is_file()})
         recs = [kept[n] for n in order if n in kept]
@@ -278,7 +279,8 @@ def main() -> None:
                                                      "OMP_NUM_THREADS") else int(os.environ["OMP_NUM_THREADS"]),
                                                  "machine": platform.processor() or platform.machine(),
                                                  "jobs_at_once": args.jobs_at_once, "cores": os.cpu_count()},
-                                       "variants": recs}, indent=1) + "\n")
+                                       "variants": recs,
+                                       **({"longer": before["longer"]} if "longer" in before else {})}, indent=1) + "\n")
     results = json.loads(RESULTS.read_text())
     table = render(results)
     TABLE.write_text(table)
