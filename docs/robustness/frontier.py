@@ -227,7 +227,8 @@ def main() -> None:
     ap.add_argument("--val", type=Path, default=None, help="validation folder (default DATA/val)")
     ap.add_argument("--work", type=Path)
     ap.add_argument("--only", default=None, help="comma-separated variant names (default: all, and the references)")
-    ap.add_argument("--iters", type=int, default=1000)
+    ap.add_argument("--iters", type=int, default=None,
+                    help="training iterations per variant (default 1000; with --render --work, the recorded setup's)")
     ap.add_argument("--render", action="store_true", help="only render frontier.md and frontier.png")
     ap.add_argument("--jobs-at-once", type=int, default=1,
                     help="with --render --work: how many training/eval jobs ran side by side (recorded in the setup)")
@@ -245,7 +246,7 @@ def main() -> None:
             ap.error(f"--only: unknown variant(s) {', '.join(unknown)}; choose from "
                      f"{', '.join([*REFERENCES, *VARIANTS])}")
         for name in names:
-            rec = run_variant(name, args, args.data, args.test, args.work, args.iters)
+            rec = run_variant(name, args, args.data, args.test, args.work, args.iters or 1000)
             (args.work / f"{name}.record.json").write_text(json.dumps(rec, indent=1))
             print(f"{name}: clean {pct(rec['clean'])}, worst case "
                   + ", ".join(f"eps {e} {pct(v)}" for e, v in rec["worst"].items())
@@ -268,19 +269,25 @@ def main() -> None:
 
         order = [*REFERENCES, *VARIANTS]
         # WORK's records replace those of the same name in frontier.json; the others are kept, so a run of a few
-        # variants (--only) adds to the frontier instead of dropping what earlier runs measured
+        # variants (--only) adds to the frontier instead of dropping what earlier runs measured.  No record in WORK:
+        # frontier.json is left as it is (its setup too).
         before = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"variants": []}
-        kept = {r["name"]: r for r in before["variants"]}
-        kept.update({n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
-                     if (args.work / f"{n}.record.json").is_file()})
-        recs = [kept[n] for n in order if n in kept]
-        RESULTS.write_text(json.dumps({"setup": {"test": args.test.name if args.test else "", "iters": args.iters,
-                                                 "threads": torch.get_num_threads() if not os.environ.get(
-                                                     "OMP_NUM_THREADS") else int(os.environ["OMP_NUM_THREADS"]),
-                                                 "machine": platform.processor() or platform.machine(),
-                                                 "jobs_at_once": args.jobs_at_once, "cores": os.cpu_count()},
-                                       "variants": recs,
-                                       **({"longer": before["longer"]} if "longer" in before else {})}, indent=1) + "\n")
+        found = {n: json.loads((args.work / f"{n}.record.json").read_text()) for n in order
+                 if (args.work / f"{n}.record.json").is_file()}
+        if found:
+            kept = {r["name"]: r for r in before["variants"]}
+            kept.update(found)
+            recs = [kept[n] for n in order if n in kept]
+            prior = before.get("setup", {})
+            threads = int(os.environ["OMP_NUM_THREADS"]) if os.environ.get("OMP_NUM_THREADS") else \
+                torch.get_num_threads()
+            setup = {"test": args.test.name if args.test else prior.get("test", ""),
+                     "iters": args.iters or prior.get("iters", 1000), "threads": threads,
+                     "machine": platform.processor() or platform.machine(), "jobs_at_once": args.jobs_at_once,
+                     "cores": os.cpu_count()}
+            RESULTS.write_text(json.dumps({"setup": setup, "variants": recs,
+                                           **({"longer": before["longer"]} if "longer" in before else {})},
+                                          indent=1) + "\n")
     results = json.loads(RESULTS.read_text())
     table = render(results)
     TABLE.write_text(table)
