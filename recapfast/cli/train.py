@@ -46,8 +46,9 @@ def train_command(
     trades_step_size: Annotated[Optional[float], typer.Option(
         "--trades-step-size", help="its step in units of each image's eps (default 2.5 / k).")] = None,
     val_attack: Annotated[Optional[str], typer.Option(
-        "--val-attack", help="A defence keeps the checkpoint of the best mean of clean and worst-case accuracy at "
-                             "eps 2 under FGSM + apgd (APGD-CE; default), or under fgsm alone (the rule the "
+        "--val-attack", help="A defence keeps the checkpoint of the best mean of the weakest class's clean and "
+                             "worst-case accuracy at eps 2 under FGSM + apgd (APGD-CE; default), or of clean and "
+                             "FGSM accuracy under fgsm alone (the rule the "
                              "bundled robust model was selected by). The baseline keeps the best clean "
                              "accuracy.")] = None,
     val_attack_steps: Annotated[Optional[int], typer.Option(
@@ -138,13 +139,18 @@ def train_command(
     distributed.shutdown()
     if not dist_info.is_main:
         return
+    from recapfast.training.selection import weakest
+
     best = result.best
-    worst = best.get("worst_eps2_accuracy")
+    e = f"{config.val_eps:g}"
+    worst, worst_pc = best.get(f"worst_eps{e}_accuracy"), best.get(f"worst_eps{e}_accuracy_per_class")
     typer.echo(f"{out}: {result.iterations} iterations in {result.seconds:.1f} s; best validation "
                f"clean {100 * best.get('clean_accuracy', float('nan')):.1f}%, "
-               f"FGSM eps 2 {100 * best.get('fgsm_eps2_accuracy', float('nan')):.1f}%"
-               + (f", worst case (FGSM + APGD-{config.val_attack_steps}) eps 2 {100 * worst:.1f}%"
-                  if worst is not None else "") + f" (iteration {best.get('iteration')})")
+               f"FGSM eps {e} {100 * best.get(f'fgsm_eps{e}_accuracy', float('nan')):.1f}%"
+               + (f", worst case (FGSM + APGD-{config.val_attack_steps}) eps {e} {100 * worst:.1f}%"
+                  if worst is not None else "")
+               + (f" (weakest class: clean {100 * weakest(best['clean_accuracy_per_class']):.1f}%, worst case "
+                  f"{100 * weakest(worst_pc):.1f}%)" if worst_pc else "") + f" (iteration {best.get('iteration')})")
 
 
 PAPER_ONLY = ("penalty", "penalty_mode", "adv_count", "adv_weight")

@@ -35,7 +35,7 @@ from recapfast.data.splits import holdout_split, manifest_hash
 from recapfast import distributed
 from recapfast.models.laplacian import ACTIVATIONS, DEFAULT_WIDTHS, LaplacianCNN
 from recapfast.training.defenses import DEFENSES, adversarial_eps, defense_loss
-from recapfast.training.selection import criterion, log_line, score, validate
+from recapfast.training.selection import criterion, log_line, score, selection_matches, validate
 
 
 PENALTY_MODES = ("exact", "fd")
@@ -294,6 +294,10 @@ def train(
                       and saved.get(f.name, older[f.name]) != _plain(getattr(config, f.name))]
         if mismatched:
             raise DataError(f"--resume: {state_file} was made with other settings ({', '.join(mismatched)})")
+        if not selection_matches(state["best"], config):
+            raise DataError(f"--resume: {state_file}'s best checkpoint was kept by the earlier selection rule (the "
+                            f"patch average of clean and worst case, without per-class numbers); start over with "
+                            f"--force")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
