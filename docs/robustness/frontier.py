@@ -124,8 +124,8 @@ def _references(rows: list) -> str:
     return ("; " + "; ".join(refs) + ".") if refs else "."
 
 
-HEAD = ("clean | clean: originals / recaptures | clean AUC | worst case eps=1 | eps=2 | eps=3 | eps=4 | eps=5 | "
-        "masking | training CPU-s |")
+HEAD = ("clean | clean: originals / recaptures | clean AUC | worst case eps=1 | eps=1: originals / recaptures | eps=2 | "
+        "eps=3 | eps=4 | eps=5 | masking | training CPU-s |")
 
 
 def _cells(r: dict) -> str:
@@ -134,8 +134,9 @@ def _cells(r: dict) -> str:
     auc = f"{r['clean_auc']:.2f}" if "clean_auc" in r else "-"
     mask = ("**suspected**: " + ", ".join(r["masking_flags"])) if r["masking_suspected"] else "no flag"
     cpu = f"{r['train_cpu_seconds']:.0f}" if "train_cpu_seconds" in r else "-"
-    return (f"{pct(r['clean'])} | {per_class} | {auc} | " + " | ".join(pct(r["worst"][e]) for e in "12345")
-            + f" | {mask} | {cpu} |")
+    worst1 = " / ".join(pct(a) for a in r["worst_per_class"]["1"]) if "worst_per_class" in r else "-"
+    return (f"{pct(r['clean'])} | {per_class} | {auc} | {pct(r['worst']['1'])} | {worst1} | "
+            + " | ".join(pct(r["worst"][e]) for e in "2345") + f" | {mask} | {cpu} |")
 
 
 def _weakest(r: dict) -> float:
