@@ -21,7 +21,7 @@ def test_help_documents_the_defences_and_activations():
     text = " ".join(run("train", "--help").output.split())
     for word in ("--defense", "fast-at", "trades", "--activation", "softplus", "gelu", "--trades-beta",
                  "--trades-steps", "--trades-step-size", "--fast-at-step", "--val-attack", "--val-attack-steps",
-                 "--robust"):
+                 "--val-eps", "--robust"):
         assert word in text, word
 
 
@@ -40,6 +40,9 @@ def test_help_documents_the_defences_and_activations():
     (["--trades-beta", "3"], "--trades-beta is an option of --defense trades"),
     (["--defense", "paper", "--fast-at-step", "1"], "--fast-at-step is an option of --defense fast-at"),
     (["--val-attack-steps", "5"], "the baseline keeps the best clean accuracy"),
+    (["--val-eps", "1"], "--val-eps is for a --defense"),
+    (["--defense", "fast-at", "--val-eps", "0.5"], "--val-eps 0.5: rounds to no change"),
+    (["--defense", "fast-at", "--val-eps", "300"], "--val-eps"),
     (["--defense", "paper", "--val-attack", "pgd"], "--val-attack 'pgd'"),
     (["--defense", "paper", "--val-attack", "fgsm", "--val-attack-steps", "3"], "does not go with --val-attack fgsm"),
 ])
@@ -74,7 +77,11 @@ def test_checkpoint_records_defence_activation_and_selection(synth_dir, tmp_path
     assert "attack" not in cfg["selection"] and "FGSM" in cfg["selection"]["rule"]
     gelu = tmp_path / "gelu.safetensors"
     res = run("train", synth_dir, "--out", gelu, "--iters", 1, "--val-every", 1, *TINY[2:], "--defense", "trades",
-              "--trades-steps", 1, "--trades-beta", 0.5, "--init", out, "--activation", "gelu", "--val-attack-steps", 1)
+              "--trades-steps", 1, "--trades-beta", 0.5, "--init", out, "--activation", "gelu", "--val-attack-steps", 1,
+              "--val-eps", 1)
     assert res.exit_code == 0, res.output
+    assert "worst case (FGSM + APGD-1) eps 1" in " ".join(res.output.split())
     cfg = json.loads(gelu.with_suffix(".json").read_text())
     assert cfg["model"]["activation"] == "gelu" and cfg["training"]["trades_beta"] == 0.5
+    assert cfg["training"]["val_eps"] == 1 and cfg["selection"]["attack"]["eps"] == 1
+    assert {"worst_eps1_accuracy", "worst_eps1_accuracy_per_class"} <= set(cfg["metrics"])

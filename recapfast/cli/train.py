@@ -53,6 +53,8 @@ def train_command(
                              "accuracy.")] = None,
     val_attack_steps: Annotated[Optional[int], typer.Option(
         "--val-attack-steps", help="APGD iterations of that check, >= 1 (default 10).")] = None,
+    val_eps: Annotated[Optional[float], typer.Option(
+        "--val-eps", help="eps in grey levels of that check (default 2; >= 1, the APGD integer box).")] = None,
     val: Annotated[Optional[Path], typer.Option("--val", exists=True, file_okay=False,
                                                 help="Validation folder (default: hold out 10% of DATA).")] = None,
     val_every: Annotated[int, typer.Option("--val-every", min=1, help="Validate and checkpoint every N iterations.")] = 500,
@@ -77,7 +79,7 @@ def train_command(
     from recapfast.models.archs import ARCHS, build
     from recapfast.io.lock import lock_outputs
     from recapfast.training.train import TrainConfig, init_architecture, train
-    from recapfast.validate import ArgumentError, check_widths, number, output_file
+    from recapfast.validate import ArgumentError, check_eps, check_widths, number, output_file
 
     # Every argument is checked before anything is deleted or allocated (--force removes the old
     # checkpoint only inside train(), after the data were checked too).
@@ -113,9 +115,12 @@ def train_command(
                                        (val_attack_steps, "--val-attack-steps", 1, False)):
         if value is not None:
             number(value, option, lo, lo_open=lo_open)
+    if val_eps is not None:
+        val_eps = check_eps([val_eps], "--val-eps", attacks=("apgd",))[0]
     options = dict(penalty=penalty, penalty_mode=penalty_mode, adv_count=adv_count, adv_weight=adv_weight,
                    fast_at_step=fast_at_step, trades_beta=trades_beta, trades_steps=trades_steps,
-                   trades_step=trades_step_size, val_attack=val_attack, val_attack_steps=val_attack_steps)
+                   trades_step=trades_step_size, val_attack=val_attack, val_attack_steps=val_attack_steps,
+                   val_eps=val_eps)
     defense_name = _check_defense(defense, robust, activation, arch, options)
     if resume and force:
         raise ArgumentError("--resume and --force exclude each other (resume keeps the output, force replaces it)")
@@ -184,7 +189,7 @@ def _check_defense(defense, robust: bool, activation, arch: str, options: dict) 
             if options[key] is not None and name != owner:
                 raise ArgumentError(f"{flag(key)} is an option of --defense {owner}"
                                     + (f", not of --defense {name}" if name != "none" else ""))
-    for key in ("val_attack", "val_attack_steps"):
+    for key in ("val_attack", "val_attack_steps", "val_eps"):
         if options[key] is not None and name == "none":
             raise ArgumentError(f"{flag(key)} is for a --defense (the baseline keeps the best clean accuracy)")
     if options["val_attack_steps"] is not None and options["val_attack"] == "fgsm":

@@ -93,6 +93,7 @@ class TrainConfig:
             (self.val_attack in VAL_ATTACKS, f"--val-attack must be one of {', '.join(VAL_ATTACKS)}, "
                                              f"got {self.val_attack!r}"),
             (self.val_attack_steps >= 1, f"--val-attack-steps must be >= 1, got {self.val_attack_steps}"),
+            (0 < self.val_eps <= 255, f"--val-eps must be in (0, 255], got {self.val_eps}"),
             (self.iters >= 0, f"--iters must be >= 0, got {self.iters}"),
             (self.batch_size >= 2, f"--batch-size must be >= 2, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
