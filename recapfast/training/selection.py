@@ -9,8 +9,9 @@
   accuracy rises while the model is no more robust (Wong, Rice & Kolter 2020 stop early on PGD accuracy); the mean
   with clean accuracy weighs what robustness costs.  The weakest class, not the average over patches: a model
   drifting towards one answer keeps that class's patches right, clean and under every attack, so its average rises
-  towards 50% + 50% while it stops detecting (frontier.json's fast-at-softplus under the earlier average rule: 56.5%
-  clean, 22.5% of originals); per class, the abandoned class pulls the score down.  A model that ranks no better
+  towards 50% + 50% while it stops detecting (docs/robustness/frontier.json's fast-at-softplus as committed in
+  0d15d35, kept by the earlier average rule: 56.5% clean, 22.5% of originals); per class, the abandoned class pulls
+  the score down.  A model that ranks no better
   than chance (clean ROC AUC within 0.05 of 0.5, or one class for every patch: ``eval``'s degenerate-model check)
   scores ``mean - 1``, below every checkpoint that is not degenerate.
 - ``val_attack="fgsm"``: the mean of clean and FGSM accuracy at ``val_eps``, the criterion before ``--defense``
